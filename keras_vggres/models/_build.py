@@ -1,0 +1,36 @@
+"""The one build driver every public builder calls: weights -> checks -> input -> body -> head -> load."""
+
+from __future__ import annotations
+
+import keras
+
+from keras_vggres.models import _common
+from keras_vggres.weights import pretrained
+
+
+def build(model_name, *, body, top, include_top, weights, input_tensor, input_shape, pooling,
+          classes, classifier_activation, name, include_preprocessing, variant=None,
+          variants=None):
+    """Build `model_name` with the keras.applications contract and load its weights.
+
+    `body(x, variant)` returns the feature map; `top(x, classes, activation)` the classifier.
+    `variants` lists the architecture variants the family accepts (None: no choice).
+    """
+    weights_arg = _common.describe_weights_arg(weights)
+    choice = pretrained.resolve(model_name, weights_arg)
+    variant = pretrained.pick_variant(model_name, choice, variant, variants)
+    input_shape = _common.check_builder_args(
+        include_top=include_top, pretrained=choice.record is not None, input_shape=input_shape,
+        input_tensor=input_tensor, pooling=pooling, classes=classes,
+        classifier_activation=classifier_activation, weights_given=weights_arg)
+    mode = pretrained.preprocessing_mode(model_name, include_preprocessing, choice, variant)
+
+    inputs, x = _common.model_input(input_tensor, input_shape)
+    if mode is not None:
+        from keras_vggres.imagenet import ImageNetPreprocessing
+        x = ImageNetPreprocessing(mode=mode, name="preprocessing")(x)
+    x = body(x, variant)
+    x = top(x, classes, classifier_activation) if include_top else _common.pooled_output(x, pooling)
+    model = keras.Model(inputs, x, name=name)
+    pretrained.load(model, model_name, choice, include_top=include_top)
+    return model

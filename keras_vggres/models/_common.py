@@ -1,0 +1,156 @@
+"""The builder contract shared by every family: argument checks, model input, head, weights.
+
+keras.applications' rules (reference facts §3) are reproduced here once; where Keras is silent
+or surprising (an unknown `pooling` silently ignored, a list `input_shape` rejected) we raise a
+clear error or do the safe thing instead.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import keras
+from keras import layers
+
+POOLING = (None, "avg", "max")
+PRETRAINED_ACTIVATIONS = (None, "softmax", "linear")
+DATA_FORMATS = ("channels_last", "channels_first")
+MIN_SIZE = 32
+DEFAULT_SIZE = 224
+PRETRAINED_CLASSES = 1000
+
+
+def check_choice(arg, value, choices):
+    """Raise a ValueError naming `arg`, the value received and the accepted `choices`."""
+    if value not in choices:
+        raise ValueError(f"`{arg}` must be one of {choices}; received {arg}={value!r}.")
+
+
+def channel_axis():
+    """BatchNorm / concat axis for the current image data format."""
+    return 1 if keras.config.image_data_format() == "channels_first" else -1
+
+
+# --------------------------------------------------------------------------- argument checks
+def check_builder_args(*, include_top, pretrained, input_shape, input_tensor, pooling, classes,
+                       classifier_activation, weights_given):
+    """Validate everything that does not depend on the architecture; return the input shape."""
+    if not isinstance(include_top, bool):
+        raise TypeError(f"`include_top` must be True or False; received include_top={include_top!r}.")
+    if not include_top:
+        check_choice("pooling", pooling, POOLING)
+    if isinstance(classes, bool) or not isinstance(classes, int) or classes < 1:
+        raise ValueError(f"`classes` must be an integer >= 1; received classes={classes!r}.")
+    if pretrained and include_top and classes != PRETRAINED_CLASSES:
+        raise ValueError(
+            f"If using pretrained weights (weights={weights_given!r}) with `include_top=True`, "
+            f"`classes` should be {PRETRAINED_CLASSES}; received classes={classes}. Use "
+            "`include_top=False` and add your own head (see keras_vggres.transfer.classifier).")
+    if weights_given is not None and include_top:
+        check_choice("classifier_activation", classifier_activation, PRETRAINED_ACTIVATIONS)
+    if input_tensor is not None and not keras.backend.is_keras_tensor(input_tensor):
+        raise ValueError(
+            "`input_tensor` must be a KerasTensor (the output of `keras.Input` or of a layer); "
+            f"received an object of type {type(input_tensor).__name__}.")
+    return obtain_input_shape(input_shape, include_top=include_top, pretrained=pretrained)
+
+
+def obtain_input_shape(input_shape, *, include_top, pretrained):
+    """keras.applications' `obtain_input_shape`, accepting lists as well as tuples."""
+    channels_first = keras.config.image_data_format() == "channels_first"
+    default = (3, DEFAULT_SIZE, DEFAULT_SIZE) if channels_first else (DEFAULT_SIZE, DEFAULT_SIZE, 3)
+    if input_shape is None or len(input_shape) == 0:
+        if include_top:
+            return default
+        return (3, None, None) if channels_first else (None, None, 3)
+    if not isinstance(input_shape, (tuple, list)) or len(input_shape) != 3:
+        raise ValueError("`input_shape` must be a tuple of three integers (height, width, channels)"
+                         f"; received input_shape={input_shape!r}.")
+    input_shape = tuple(input_shape)
+    channels = input_shape[0] if channels_first else input_shape[-1]
+    spatial = input_shape[1:] if channels_first else input_shape[:2]
+    if pretrained and include_top and input_shape != default:
+        raise ValueError("When setting `include_top=True` and loading pretrained weights, "
+                         f"`input_shape` should be {default}; received input_shape={input_shape}.")
+    if pretrained and channels != 3:
+        raise ValueError("Pretrained weights expect 3 input channels (RGB); received "
+                         f"input_shape={input_shape} with {channels} channels.")
+    if not pretrained and channels not in (1, 3):
+        warnings.warn(f"This model usually expects 1 or 3 input channels; input_shape={input_shape}"
+                      f" has {channels}.", stacklevel=4)
+    for dim in spatial:
+        if dim is not None and dim < MIN_SIZE:
+            raise ValueError(f"Input size must be at least {MIN_SIZE}x{MIN_SIZE}; received "
+                             f"input_shape={input_shape}.")
+    if include_top and None in spatial:
+        raise ValueError("If `include_top` is True, you should specify a static `input_shape`; "
+                         f"received input_shape={input_shape}.")
+    return input_shape
+
+
+# --------------------------------------------------------------------------- input and head
+def model_input(input_tensor, input_shape):
+    """Return (model inputs, first tensor). Parity quirk: the Input layer keeps Keras' auto name."""
+    if input_tensor is None:
+        img_input = layers.Input(shape=input_shape)
+        return img_input, img_input
+    inputs = keras.utils.get_source_inputs(input_tensor)
+    return inputs, input_tensor
+
+
+def pooled_output(x, pooling):
+    """The no-top output: the feature map, or its global average / max (named for stable access)."""
+    if pooling == "avg":
+        return layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    if pooling == "max":
+        return layers.GlobalMaxPooling2D(name="max_pool")(x)
+    return x
+
+
+def classifier_layer(classes, activation):
+    """The final Dense layer of every family, named `predictions` like keras.applications."""
+    return layers.Dense(classes, activation=activation, name="predictions")
+
+
+def describe_weights_arg(weights):
+    """Normalise `weights` to None, a tag string or a filesystem path; raise TypeError otherwise."""
+    if weights is None:
+        return None
+    if isinstance(weights, os.PathLike):
+        return os.fspath(weights)
+    if isinstance(weights, str):
+        return weights
+    raise TypeError("`weights` must be None, 'imagenet', a weights tag or a path to a weights "
+                    f"file; received an object of type {type(weights).__name__}: {weights!r}.")
+
+
+BUILDER_ARGS_DOC = """
+    Args:
+        include_top: whether to include the classifier head (for VGG: `flatten`, `fc1`, `fc2`,
+            `predictions`; for ResNet: `avg_pool`, `predictions`).
+        weights: `None` (random initialisation), `"imagenet"` (the model's default pretrained
+            tag), a weights tag listed by `keras_vggres.list_weights(model)` (e.g. `"tv1"`), or the
+            path to a weights file (Keras HDF5, `.weights.h5`, `.keras` or torchvision `.pth`).
+        input_tensor: optional Keras tensor (output of `keras.Input()`) to use as image input.
+        input_shape: optional shape tuple; only to be specified if `include_top` is False or
+            weights are not pretrained (otherwise it must be `(224, 224, 3)`). Width and height
+            must be at least 32.
+        pooling: optional pooling mode when `include_top` is False: `None` (4D feature map),
+            `"avg"` or `"max"` (2D output). Any other value raises a ValueError.
+        classes: number of classes, only used if `include_top` is True; must be 1000 with
+            pretrained weights.
+        classifier_activation: activation of the `predictions` layer (`"softmax"`, `None`, or
+            with `weights=None` any Keras activation).
+        name: the model name.
+        include_preprocessing: `False`; `True` to put the weights' preprocessing inside the
+            model (input: RGB 0-255); or a mode name (`"caffe"`, `"tf"`, `"torch"`).{extra}
+
+    Returns:
+        A `keras.Model` instance.
+"""
+
+
+def builder_docstring(summary, extra=""):
+    """The shared builder docstring: a one-line summary + the common argument block."""
+    return summary + "\n" + BUILDER_ARGS_DOC.format(extra=extra)

@@ -1,0 +1,81 @@
+"""Every model by name: builder, family, stages, default size; `list_models` and `get_model`."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Callable
+
+from keras_vggres.models import resnet, vgg
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One registered model; `stages` are the names used by freezing and feature taps."""
+
+    name: str
+    family: str
+    builder: Callable
+    stages: tuple
+    default_size: int = 224
+
+
+MODELS = {spec.name: spec for spec in (
+    ModelSpec("vgg11", "vgg", vgg.VGG11, vgg.VGG_STAGES),
+    ModelSpec("vgg13", "vgg", vgg.VGG13, vgg.VGG_STAGES),
+    ModelSpec("vgg16", "vgg", vgg.VGG16, vgg.VGG_STAGES),
+    ModelSpec("vgg19", "vgg", vgg.VGG19, vgg.VGG_STAGES),
+    ModelSpec("vgg11_bn", "vgg", vgg.VGG11BN, vgg.VGG_STAGES),
+    ModelSpec("vgg13_bn", "vgg", vgg.VGG13BN, vgg.VGG_STAGES),
+    ModelSpec("vgg16_bn", "vgg", vgg.VGG16BN, vgg.VGG_STAGES),
+    ModelSpec("vgg19_bn", "vgg", vgg.VGG19BN, vgg.VGG_STAGES),
+    ModelSpec("resnet18", "resnet", resnet.ResNet18, resnet.RESNET_STAGES),
+    ModelSpec("resnet34", "resnet", resnet.ResNet34, resnet.RESNET_STAGES),
+    ModelSpec("resnet50", "resnet", resnet.ResNet50, resnet.RESNET_STAGES),
+    ModelSpec("resnet101", "resnet", resnet.ResNet101, resnet.RESNET_STAGES),
+    ModelSpec("resnet152", "resnet", resnet.ResNet152, resnet.RESNET_STAGES),
+    ModelSpec("resnet50v2", "resnet_v2", resnet.ResNet50V2, resnet.RESNET_V2_STAGES),
+    ModelSpec("resnet101v2", "resnet_v2", resnet.ResNet101V2, resnet.RESNET_V2_STAGES),
+    ModelSpec("resnet152v2", "resnet_v2", resnet.ResNet152V2, resnet.RESNET_V2_STAGES),
+)}
+
+
+def get_spec(name):
+    """The ModelSpec for `name` (case-insensitive); unknown names raise with close matches."""
+    if not isinstance(name, str):
+        raise TypeError(f"`name` must be a model name string; received {name!r}.")
+    key = name.lower()
+    if key not in MODELS:
+        close = difflib.get_close_matches(key, MODELS, n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"Unknown model name={name!r}.{hint} Available models: {tuple(MODELS)}.")
+    return MODELS[key]
+
+
+def get_model(name, **kwargs):
+    """Build a registered model by name, e.g. `get_model("resnet50", weights=None)`."""
+    return get_spec(name).builder(**kwargs)
+
+
+def parameter_count(name):
+    """Total parameters of the model with its top (from the manifest-free architecture)."""
+    import keras
+
+    model = get_spec(name).builder(weights=None)
+    count = model.count_params()
+    del model
+    keras.backend.clear_session()
+    return count
+
+
+def list_models():
+    """(name, family, default size, stages) for every model; parameter counts via the manifest."""
+    from keras_vggres.weights import manifest
+
+    rows = []
+    for spec in MODELS.values():
+        default = manifest.get_weights(spec.name, "imagenet")
+        rows.append({"name": spec.name, "family": spec.family, "default_size": spec.default_size,
+                     "params": default.params, "default_weights": default.tag,
+                     "stages": spec.stages})
+    return rows

@@ -1,0 +1,146 @@
+"""What a builder's `weights=` means: resolve it, pick the variant it implies, and load it.
+
+`weights` is None, "imagenet" (the model's default tag), a manifest tag, or a file path. A tag
+fixes the architecture variant and the preprocessing; a `.pth` path implies torchvision's layout.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+TORCH_SUFFIXES = (".pth", ".pt")
+TORCH_VARIANT = "v1.5"
+
+
+@dataclass(frozen=True)
+class WeightsChoice:
+    """The resolved `weights` argument: a manifest record, a local path, or neither (random)."""
+
+    record: object = None   # manifest.WeightsRecord
+    path: str | None = None
+
+    @property
+    def is_torch_file(self):
+        return self.path is not None and self.path.lower().endswith(TORCH_SUFFIXES)
+
+
+def resolve(model_name, weights):
+    """Map `weights` (already None / str) to a WeightsChoice; unknown values raise ValueError."""
+    if weights is None:
+        return WeightsChoice()
+    from keras_vggres.weights import manifest
+
+    if manifest.is_known_tag(model_name, weights):
+        return WeightsChoice(record=manifest.get_weights(model_name, weights))
+    if os.path.exists(weights):
+        return WeightsChoice(path=weights)
+    tags = ("imagenet",) + tuple(manifest.list_weights(model_name))
+    raise ValueError(
+        f"The `weights` argument should be either `None` (random initialization), one of the "
+        f"weights tags of {model_name} {tags}, or the path to an existing weights file; "
+        f"received weights={weights!r}.")
+
+
+def pick_variant(model_name, choice, variant, variants):
+    """The architecture variant: the tag's (conflicts raise), a `.pth` file's, or the default."""
+    from keras_vggres.models._common import check_choice
+
+    if variants is None:  # the family has a single layout
+        return None
+    check_choice("variant", variant, (None,) + tuple(variants))
+    implied = None
+    if choice.record is not None and choice.record.variant in variants:
+        implied = choice.record.variant
+    elif choice.is_torch_file and TORCH_VARIANT in variants:
+        implied = TORCH_VARIANT
+    if implied and variant and variant != implied:
+        raise ValueError(
+            f"`variant`={variant!r} conflicts with the weights: {describe(choice)} are for "
+            f"variant {implied!r} of {model_name}. Drop `variant` or pick other weights.")
+    return variant or implied or variants[0]
+
+
+def describe(choice):
+    """A short human description of the chosen weights for messages."""
+    if choice.record is not None:
+        return f"weights tag {choice.record.tag!r}"
+    return f"weights file {choice.path!r}"
+
+
+def preprocessing_mode(model_name, include_preprocessing, choice, variant):
+    """The in-model preprocessing mode: the tag's, or the mode of the model's weights family."""
+    from keras_vggres.imagenet import PREPROCESS_MODES
+
+    if include_preprocessing is False or include_preprocessing is None:
+        return None
+    if isinstance(include_preprocessing, str):
+        from keras_vggres.models._common import check_choice
+
+        check_choice("include_preprocessing", include_preprocessing,
+                     (True, False) + tuple(PREPROCESS_MODES))
+        return include_preprocessing
+    if include_preprocessing is not True:
+        raise TypeError("`include_preprocessing` must be True, False or a mode name "
+                        f"{tuple(PREPROCESS_MODES)}; received {include_preprocessing!r}.")
+    if choice.record is not None:
+        return choice.record.preprocess
+    return default_preprocessing(model_name, variant, torch_file=choice.is_torch_file)
+
+
+def default_preprocessing(model_name, variant=None, *, torch_file=False):
+    """Mode of the model's weights matching `variant` (its default tag's when none matches)."""
+    from keras_vggres.weights import manifest
+
+    if torch_file:
+        return "torch"
+    records = {tag: manifest.get_weights(model_name, tag) for tag in manifest.list_weights(model_name)}
+    for record in records.values():
+        if variant is not None and record.variant == variant:
+            return record.preprocess
+    return manifest.get_weights(model_name, "imagenet").preprocess
+
+
+def load(model, model_name, choice, *, include_top):
+    """Load the chosen weights into `model` (all or nothing); no-op for random weights."""
+    if choice.record is not None:
+        return load_tag(model, model_name, choice.record, include_top=include_top)
+    if choice.path is not None:
+        return load_file(model, model_name, choice.path, include_top=include_top)
+    return None
+
+
+def load_file(model, model_name, path, *, include_top):
+    """A local file: torchvision `.pth` is converted in memory; everything else is Keras'."""
+    from keras_vggres.weights import h5
+
+    if path.lower().endswith(TORCH_SUFFIXES):
+        from keras_vggres.weights import convert, torch_pth
+
+        plan = convert.convert_state_dict(torch_pth.load_pth(path), model_name,
+                                          include_top=include_top)
+        return h5.assign_layer_weights(model, plan, source=path)
+    return h5.load_weights(model, path)
+
+
+def load_tag(model, model_name, record, *, include_top):
+    """A manifest tag: fetch (cache / mirror / origin, verified), convert once if needed, load."""
+    from keras_vggres.weights import download, h5, manifest
+
+    local = download.fetch(manifest.file_for(record, include_top))
+    if record.format == "keras-h5":
+        return h5.load_weights(model, str(local))
+    converted = converted_path(local, model_name, include_top=include_top)
+    if not converted.exists():
+        from keras_vggres.weights import convert
+
+        convert.convert_pth_file(local, model_name, converted, include_top=include_top)
+    return h5.load_weights(model, str(converted))
+
+
+def converted_path(source, model_name, *, include_top):
+    """Where the Keras HDF5 conversion of a torchvision file is cached: beside the source."""
+    source = Path(source)
+    suffix = "" if include_top else "_notop"
+    return source.with_name(f"{source.stem}.{model_name}{suffix}.keras_vggres.h5")
