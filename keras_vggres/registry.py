@@ -17,26 +17,27 @@ class ModelSpec:
     family: str
     builder: Callable
     stages: tuple
+    params: int             # with the 1000-class top, default variant (tests check it)
     default_size: int = 224
 
 
 MODELS = {spec.name: spec for spec in (
-    ModelSpec("vgg11", "vgg", vgg.VGG11, vgg.VGG_STAGES),
-    ModelSpec("vgg13", "vgg", vgg.VGG13, vgg.VGG_STAGES),
-    ModelSpec("vgg16", "vgg", vgg.VGG16, vgg.VGG_STAGES),
-    ModelSpec("vgg19", "vgg", vgg.VGG19, vgg.VGG_STAGES),
-    ModelSpec("vgg11_bn", "vgg", vgg.VGG11BN, vgg.VGG_STAGES),
-    ModelSpec("vgg13_bn", "vgg", vgg.VGG13BN, vgg.VGG_STAGES),
-    ModelSpec("vgg16_bn", "vgg", vgg.VGG16BN, vgg.VGG_STAGES),
-    ModelSpec("vgg19_bn", "vgg", vgg.VGG19BN, vgg.VGG_STAGES),
-    ModelSpec("resnet18", "resnet", resnet.ResNet18, resnet.RESNET_STAGES),
-    ModelSpec("resnet34", "resnet", resnet.ResNet34, resnet.RESNET_STAGES),
-    ModelSpec("resnet50", "resnet", resnet.ResNet50, resnet.RESNET_STAGES),
-    ModelSpec("resnet101", "resnet", resnet.ResNet101, resnet.RESNET_STAGES),
-    ModelSpec("resnet152", "resnet", resnet.ResNet152, resnet.RESNET_STAGES),
-    ModelSpec("resnet50v2", "resnet_v2", resnet.ResNet50V2, resnet.RESNET_V2_STAGES),
-    ModelSpec("resnet101v2", "resnet_v2", resnet.ResNet101V2, resnet.RESNET_V2_STAGES),
-    ModelSpec("resnet152v2", "resnet_v2", resnet.ResNet152V2, resnet.RESNET_V2_STAGES),
+    ModelSpec("vgg11", "vgg", vgg.VGG11, vgg.VGG_STAGES, 132_863_336),
+    ModelSpec("vgg13", "vgg", vgg.VGG13, vgg.VGG_STAGES, 133_047_848),
+    ModelSpec("vgg16", "vgg", vgg.VGG16, vgg.VGG_STAGES, 138_357_544),
+    ModelSpec("vgg19", "vgg", vgg.VGG19, vgg.VGG_STAGES, 143_667_240),
+    ModelSpec("vgg11_bn", "vgg", vgg.VGG11BN, vgg.VGG_STAGES, 132_874_344),
+    ModelSpec("vgg13_bn", "vgg", vgg.VGG13BN, vgg.VGG_STAGES, 133_059_624),
+    ModelSpec("vgg16_bn", "vgg", vgg.VGG16BN, vgg.VGG_STAGES, 138_374_440),
+    ModelSpec("vgg19_bn", "vgg", vgg.VGG19BN, vgg.VGG_STAGES, 143_689_256),
+    ModelSpec("resnet18", "resnet", resnet.ResNet18, resnet.RESNET_STAGES, 11_699_112),
+    ModelSpec("resnet34", "resnet", resnet.ResNet34, resnet.RESNET_STAGES, 21_814_696),
+    ModelSpec("resnet50", "resnet", resnet.ResNet50, resnet.RESNET_STAGES, 25_636_712),
+    ModelSpec("resnet101", "resnet", resnet.ResNet101, resnet.RESNET_STAGES, 44_707_176),
+    ModelSpec("resnet152", "resnet", resnet.ResNet152, resnet.RESNET_STAGES, 60_419_944),
+    ModelSpec("resnet50v2", "resnet_v2", resnet.ResNet50V2, resnet.RESNET_V2_STAGES, 25_613_800),
+    ModelSpec("resnet101v2", "resnet_v2", resnet.ResNet101V2, resnet.RESNET_V2_STAGES, 44_675_560),
+    ModelSpec("resnet152v2", "resnet_v2", resnet.ResNet152V2, resnet.RESNET_V2_STAGES, 60_380_648),
 )}
 
 
@@ -57,25 +58,11 @@ def get_model(name, **kwargs):
     return get_spec(name).builder(**kwargs)
 
 
-def parameter_count(name):
-    """Total parameters of the model with its top (from the manifest-free architecture)."""
-    import keras
-
-    model = get_spec(name).builder(weights=None)
-    count = model.count_params()
-    del model
-    keras.backend.clear_session()
-    return count
-
-
 def list_models():
-    """(name, family, default size, stages) for every model; parameter counts via the manifest."""
+    """One row per model: name, family, default size, parameters, default weights, weight tags."""
     from keras_vggres.weights import manifest
 
-    rows = []
-    for spec in MODELS.values():
-        default = manifest.get_weights(spec.name, "imagenet")
-        rows.append({"name": spec.name, "family": spec.family, "default_size": spec.default_size,
-                     "params": default.params, "default_weights": default.tag,
-                     "stages": spec.stages})
-    return rows
+    return [{"name": spec.name, "family": spec.family, "default_size": spec.default_size,
+             "params": spec.params, "default_weights": manifest.resolve_tag(spec.name, "imagenet"),
+             "weights": tuple(manifest.list_weights(spec.name)), "stages": spec.stages}
+            for spec in MODELS.values()]
