@@ -1,0 +1,211 @@
+"""Stream one HTTP(S) URL into a local file: timeouts, retries with backoff, Range resume, progress.
+
+Used only by ``download.py``, which owns temp names, verification and publishing. Stdlib only.
+"""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import os
+import ssl
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+log = logging.getLogger("keras_vggres.weights.download")
+
+TIMEOUT = 30.0  # seconds to connect and for each socket read (a stall, not the whole transfer)
+RETRIES = 3  # extra attempts after a transient failure: 5xx, reset, timeout, body cut short
+BACKOFF_BASE = 1.0  # seconds before the first retry; doubles for each further one
+CHUNK_SIZE = 256 * 1024
+USER_AGENT = "keras_vggres (python urllib)"
+_RETRY_STATUS = (408, 429)  # retried besides every 5xx; any other 4xx is final
+
+
+class DownloadError(OSError):
+    """The transfer failed (HTTP status, network, timeout, body cut short) after any retries."""
+
+    def __init__(self, message: str, *, url: str, status: int | None = None):
+        super().__init__(message)
+        self.url = url
+        self.status = status
+
+
+class _Retry(Exception):
+    """A failure worth another attempt; ``restart`` discards the bytes already received."""
+
+    def __init__(self, message: str, *, restart: bool = False):
+        super().__init__(message)
+        self.restart = restart
+
+
+def timeout() -> float:
+    """The socket timeout; KERAS_VGGRES_TIMEOUT, read at call time, lets slow links raise it."""
+    raw = os.environ.get("KERAS_VGGRES_TIMEOUT", "").strip()
+    if not raw:
+        return TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise ValueError("KERAS_VGGRES_TIMEOUT must be a positive number of seconds; "
+                         f"received KERAS_VGGRES_TIMEOUT={raw!r}.")
+    return value
+
+
+def stream(url: str, dest: Path, *, target: Path, show_progress: bool) -> int:
+    """Fill ``dest`` with the body of ``url``, retrying transient failures; return its size.
+
+    ``target`` is the final cache path, named in messages only.
+    """
+    bar = _Progress(target.name, enabled=show_progress)
+    failures = []
+    try:
+        for attempt in range(RETRIES + 1):
+            if attempt:
+                time.sleep(BACKOFF_BASE * 2 ** (attempt - 1))
+            try:
+                return _attempt(url, dest, target, bar)
+            except _Retry as exc:
+                failures.append(f"attempt {attempt + 1}: {exc}")
+                log.info("Download of %s failed (%s); %d retries left.", url, exc,
+                         RETRIES - attempt)
+                if exc.restart:
+                    dest.unlink(missing_ok=True)
+    finally:
+        bar.close()
+    raise DownloadError(
+        f"Could not download {url} to {target} after {RETRIES + 1} attempts; expected HTTP 200/206 "
+        f"with the complete body, got: {'; '.join(failures)}.", url=url)
+
+
+def _attempt(url: str, dest: Path, target: Path, bar: _Progress) -> int:
+    """One GET: append to ``dest`` on 206, start over on 200; raise _Retry when worth retrying."""
+    have = dest.stat().st_size if dest.exists() else 0
+    with _open(url, have, target) as resp:
+        start, total = _resume_point(resp, have)
+        bar.start(start, total)
+        with open(dest, "ab" if start else "wb") as out:
+            got = _copy_body(resp, out, bar)
+    done = start + got
+    if total is not None and done != total:
+        raise _Retry(f"body cut short: expected {total} bytes, got {done}")
+    return done
+
+
+def _open(url: str, have: int, target: Path):
+    """Send the GET, asking only for the tail when a prefix is already on disk."""
+    headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
+    if have:
+        headers["Range"] = f"bytes={have}-"
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        return urllib.request.urlopen(request, timeout=timeout())
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        got = f"HTTP {exc.code} {exc.reason}"
+        if exc.code == 416 and have:
+            raise _Retry(f"{got} for Range bytes={have}-", restart=True) from None
+        if exc.code >= 500 or exc.code in _RETRY_STATUS:
+            raise _Retry(got) from None
+        raise DownloadError(f"Could not download {url} to {target}: expected HTTP 200, got {got}.",
+                            url=url, status=exc.code) from None
+    except urllib.error.URLError as exc:
+        if isinstance(exc.reason, ssl.SSLCertVerificationError):
+            raise DownloadError(f"Could not download {url} to {target}: TLS certificate rejected "
+                                f"({exc.reason}).", url=url) from exc
+        raise _Retry(f"cannot connect ({exc.reason})") from exc
+    except (OSError, http.client.HTTPException) as exc:  # timeout or reset awaiting headers
+        raise _Retry(f"no response ({_describe(exc)})") from exc
+
+
+def _resume_point(resp, have: int) -> tuple[int, int | None]:
+    """Where this body starts in the file and the file's total size (None when unknown)."""
+    length = resp.headers.get("Content-Length", "")
+    length = int(length) if length.strip().isdigit() else None
+    if resp.status != 206:
+        if have:
+            log.info("Server ignored Range bytes=%d-; restarting from byte 0.", have)
+        return 0, length
+    first, total = _content_range(resp.headers.get("Content-Range", ""))
+    if first != have:
+        raise _Retry(f"asked for bytes {have}-, got Content-Range "
+                     f"{resp.headers.get('Content-Range')!r}", restart=True)
+    if total is None and length is not None:
+        total = have + length
+    return have, total
+
+
+def _content_range(value: str) -> tuple[int | None, int | None]:
+    """Parse ``bytes FIRST-LAST/TOTAL`` (TOTAL may be ``*``); (None, None) when malformed."""
+    unit, _, spec = value.strip().partition(" ")
+    span, _, total = spec.partition("/")
+    first = span.partition("-")[0]
+    if unit.lower() != "bytes" or not first.isdigit():
+        return None, None
+    return int(first), int(total) if total.isdigit() else None
+
+
+def _copy_body(resp, out, bar: _Progress) -> int:
+    """Copy the body in chunks; a network failure mid-body keeps what arrived (for Range resume)."""
+    got = 0
+    while True:
+        try:
+            chunk = resp.read1(CHUNK_SIZE)  # returns what has arrived: kept on a stall
+        except (OSError, http.client.HTTPException) as exc:  # reset, timeout, IncompleteRead
+            raise _Retry(f"connection lost after {got} body bytes ({_describe(exc)})") from exc
+        if not chunk:
+            return got
+        out.write(chunk)
+        got += len(chunk)
+        bar.advance(len(chunk))
+
+
+def _describe(exc: BaseException) -> str:
+    """A short 'Type: message' for error texts (some socket errors have an empty str())."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class _Progress:
+    """One stderr line: MiB done / total, percent and rate, redrawn at most ten times a second."""
+
+    def __init__(self, label: str, *, enabled: bool):
+        self.label, self.enabled = label, enabled and sys.stderr is not None
+        self.done = self.base = 0
+        self.total = None
+        self.t0 = self.last = 0.0
+        self.width = 0  # of the longest line drawn; 0 = nothing drawn yet
+
+    def start(self, done: int, total: int | None) -> None:
+        self.done = self.base = done
+        self.total = total
+        self.t0 = time.monotonic()
+        self._draw(force=True)
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        self._draw()
+
+    def close(self) -> None:
+        if self.width:
+            self._draw(force=True)
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+    def _draw(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not self.enabled or (not force and now - self.last < 0.1):
+            return
+        self.last, mib = now, 1024 * 1024
+        rate = (self.done - self.base) / mib / max(now - self.t0, 1e-3)
+        of = f"/{self.total / mib:.1f}" if self.total else ""
+        pct = f" {100 * self.done / self.total:3.0f}%" if self.total else ""
+        line = f"{self.label}: {self.done / mib:.1f}{of} MiB{pct} {rate:.1f} MiB/s"
+        sys.stderr.write("\r" + line.ljust(self.width))  # pad over a longer previous line
+        sys.stderr.flush()
+        self.width = max(self.width, len(line))
