@@ -1,21 +1,34 @@
 """VGG and ResNet for Keras 3 with verified ImageNet weights (Keras' and torchvision's).
 
-Public API re-exports only; importing this package does no network or file I/O.
+Public API re-exports only. They are resolved lazily, so `import keras_vggres` stays cheap
+(no TensorFlow import, no network, no file I/O) until a name is used.
 """
 
-from keras_vggres.imagenet import decode_predictions, load_images, preprocess_input
-from keras_vggres.models import (VGG11, VGG11BN, VGG13, VGG13BN, VGG16, VGG16BN, VGG19, VGG19BN,
-                                 ResNet18, ResNet34, ResNet50, ResNet50V2, ResNet101, ResNet101V2,
-                                 ResNet152, ResNet152V2)
-from keras_vggres.registry import get_model, list_models
-from keras_vggres.weights.manifest import list_weights
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "VGG11", "VGG13", "VGG16", "VGG19", "VGG11BN", "VGG13BN", "VGG16BN", "VGG19BN",
-    "ResNet18", "ResNet34", "ResNet50", "ResNet101", "ResNet152",
-    "ResNet50V2", "ResNet101V2", "ResNet152V2",
-    "preprocess_input", "decode_predictions", "load_images",
-    "get_model", "list_models", "list_weights",
-]
+_EXPORTS = {
+    "keras_vggres.models": (
+        "VGG11", "VGG13", "VGG16", "VGG19", "VGG11BN", "VGG13BN", "VGG16BN", "VGG19BN",
+        "ResNet18", "ResNet34", "ResNet50", "ResNet101", "ResNet152",
+        "ResNet50V2", "ResNet101V2", "ResNet152V2"),
+    "keras_vggres.imagenet": (
+        "preprocess_input", "decode_predictions", "load_images", "get_preprocessing"),
+    "keras_vggres.registry": ("get_model", "list_models"),
+    "keras_vggres.weights.manifest": ("list_weights",),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = list(_WHERE)
+
+
+def __getattr__(name):
+    if name in _WHERE:
+        value = getattr(importlib.import_module(_WHERE[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'keras_vggres' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -44,6 +44,7 @@ PREPROCESS_MODES = {
 }
 
 # Pillow resampling filter names accepted by ``load_images`` (and by manifest transforms).
+DEFAULT_SIZE = 224
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
 
 
@@ -327,7 +328,7 @@ def _resize_and_crop(img, resize, size, resample, path):
     return img.crop((left, top, left + crop_w, top + crop_h))
 
 
-def load_images(paths, size=224, resize=None, interpolation="bilinear"):
+def load_images(paths, size=None, resize=None, interpolation=None, *, weights=None, model=None):
     """Loads image files as a float32 RGB batch, the way ImageNet evaluation transforms do.
 
     Each image is turned upright (EXIF orientation), converted to RGB, resized so that its
@@ -340,7 +341,11 @@ def load_images(paths, size=224, resize=None, interpolation="bilinear"):
         paths: a path (``str`` or ``os.PathLike``) or a sequence of paths.
         size: crop size, an int or a ``(height, width)`` pair. Defaults to 224.
         resize: target length of the shorter side before cropping; defaults to ``max(size)``.
-        interpolation: a Pillow filter name, one of ``INTERPOLATIONS``.
+        interpolation: a Pillow filter name, one of ``INTERPOLATIONS``. Defaults to bilinear.
+        weights: a weights tag (e.g. ``"tv2"``): take ``size``, ``resize`` and ``interpolation``
+            from that tag's eval transform in the manifest (explicit arguments still win).
+        model: the model name the tag belongs to; needed when the tag's transform differs
+            between models.
 
     Returns:
         ``float32`` array of shape ``(len(paths), height, width, 3)`` with values in 0-255.
@@ -350,7 +355,13 @@ def load_images(paths, size=224, resize=None, interpolation="bilinear"):
     if not paths or not all(isinstance(p, (str, os.PathLike)) for p in paths):
         raise ValueError("`paths` must be a path or a non-empty sequence of paths (str or "
                          "os.PathLike).")
-    size = _check_size("size", size)
+    if weights is not None:
+        transform = eval_transform(weights, model)
+        size = transform.crop if size is None else size
+        resize = transform.resize if resize is None else resize
+        interpolation = interpolation or transform.interpolation
+    size = _check_size("size", DEFAULT_SIZE if size is None else size)
+    interpolation = interpolation or "bilinear"
     if resize is None:
         resize = max(size)
     elif isinstance(resize, bool) or not isinstance(resize, (int, np.integer)) or resize < 1:
@@ -365,3 +376,24 @@ def load_images(paths, size=224, resize=None, interpolation="bilinear"):
         pixels = np.asarray(img, dtype=np.float32)
         batch[i] = pixels[..., None] if pixels.ndim == 2 else pixels
     return batch
+
+
+def eval_transform(weights, model=None):
+    """The eval transform (resize, crop, interpolation) of a weights tag, from the manifest."""
+    from keras_vggres.weights import manifest
+
+    if model is not None:
+        return manifest.get_weights(model, weights).transform
+    found = {manifest.get_weights(name, weights).transform
+             for name in manifest.load_manifest() if manifest.is_known_tag(name, weights)}
+    if len(found) != 1:
+        raise ValueError(f"Cannot tell the eval transform of weights={weights!r} without a model "
+                         f"({len(found)} different transforms); pass `model=` too.")
+    return found.pop()
+
+
+def get_preprocessing(model, weights="imagenet"):
+    """The `preprocess_input` function matching `model`'s weights tag (e.g. torch for "tv1")."""
+    from keras_vggres.weights import manifest
+
+    return make_preprocess_input(manifest.get_weights(model, weights).preprocess)

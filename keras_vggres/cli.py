@@ -1,0 +1,175 @@
+"""`keras-vggres`: list models and weights, fill or verify the cache, convert, classify, fine-tune.
+
+Each sub-command is a small function taking the parsed arguments; heavy imports (TensorFlow)
+happen inside the commands that need them, so `keras-vggres models --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+
+# --------------------------------------------------------------------------- models / weights
+def cmd_models(args):
+    from keras_vggres.registry import list_models
+
+    rows = list_models()
+    if args.json:
+        print(json.dumps(rows, indent=1, default=list))
+        return 0
+    print(f"{'model':<12} {'family':<10} {'size':>4} {'params':>12}  {'default':<8} weights")
+    for row in rows:
+        print(f"{row['name']:<12} {row['family']:<10} {row['default_size']:>4} "
+              f"{row['params']:>12,}  {row['default_weights']:<8} {', '.join(row['weights'])}")
+    return 0
+
+
+def _records(model=None):
+    from keras_vggres.registry import MODELS
+    from keras_vggres.weights import manifest
+
+    names = [model.lower()] if model else list(manifest.load_manifest())
+    if model and model.lower() not in manifest.load_manifest():
+        raise ValueError(f"Unknown model {model!r}; known: {tuple(MODELS)}.")
+    for name in names:
+        for tag in manifest.list_weights(name):
+            yield manifest.get_weights(name, tag)
+
+
+def cmd_weights(args):
+    from keras_vggres.weights import download
+
+    print(f"{'model':<12} {'tag':<6} {'source':<12} {'top1':>6} {'top5':>6}  file  [cached?]")
+    for record in _records(args.model):
+        metrics = record.metrics or {}
+        for kind, spec in record.files.items():
+            cached = "cached" if download.cached_path(spec) else "-"
+            print(f"{record.model:<12} {record.tag:<6} {record.source:<12} "
+                  f"{metrics.get('top1', ''):>6} {metrics.get('top5', ''):>6}  {kind}: "
+                  f"{spec.name}  [{cached}]")
+    return 0
+
+
+def cmd_download(args):
+    from keras_vggres.weights import download, manifest
+
+    if args.all:
+        specs = [(r, spec) for r in _records(args.model) for spec in r.files.values()]
+    elif args.model:
+        record = manifest.get_weights(args.model.lower(), args.tag)
+        specs = [(record, manifest.file_for(record, args.include_top))]
+    else:
+        raise ValueError("`download` needs a MODEL, or --all (optionally with a MODEL).")
+    for record, spec in specs:
+        print(f"{record.model} {record.tag}: {download.fetch(spec, quiet=args.quiet)}")
+    return 0
+
+
+def cmd_verify(args):
+    from keras_vggres.weights import download
+
+    folder, bad = download.cache_dir(), 0
+    for record in _records():
+        for spec in record.files.values():
+            path = folder / spec.name
+            if not path.exists():
+                continue
+            problem = download.verify_file(path, spec)
+            print(f"{'BAD ' if problem else 'ok  '} {path}" + (f": {problem}" if problem else ""))
+            if problem:
+                bad += 1
+                if args.delete:
+                    path.unlink()
+                    print(f"     deleted {path}")
+    print(f"{bad} bad file(s) in {folder}")
+    return 1 if bad and not args.delete else 0
+
+
+def cmd_convert(args):
+    from keras_vggres.weights import convert
+
+    out = Path(args.out or Path(args.file).with_suffix(".h5"))
+    convert.convert_pth_file(args.file, args.model.lower(), out, include_top=not args.no_top)
+    print(f"wrote {out}")
+    return 0
+
+
+# --------------------------------------------------------------------------- inference
+def cmd_classify(args):
+    import keras_vggres
+    from keras_vggres.imagenet import decode_predictions, load_images
+
+    weights = None if args.weights.lower() == "none" else args.weights
+    model = keras_vggres.get_model(args.model, weights=weights, include_preprocessing=True)
+    images = load_images(args.images, weights=weights, model=args.model.lower()) if weights \
+        else load_images(args.images)
+    if weights is None:
+        print("NOTE: weights=None: predictions are random until pretrained weights are loaded.")
+    for path, row in zip(args.images, decode_predictions(model.predict(images, verbose=0),
+                                                         top=args.top)):
+        print(path)
+        for wnid, label, score in row:
+            print(f"  {score:7.4f}  {label} ({wnid})")
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+def build_parser():
+    parser = argparse.ArgumentParser(prog="keras-vggres", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("models", help="list the models")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("weights", help="list weight tags, sources, metrics, cache state")
+    p.add_argument("model", nargs="?")
+    p.set_defaults(func=cmd_weights)
+
+    p = sub.add_parser("download", help="fill the cache (e.g. for an air-gapped machine)")
+    p.add_argument("model", nargs="?")
+    p.add_argument("--tag", default="imagenet")
+    top = p.add_mutually_exclusive_group()
+    top.add_argument("--include-top", dest="include_top", action="store_true", default=True)
+    top.add_argument("--no-top", dest="include_top", action="store_false")
+    p.add_argument("--all", action="store_true", help="every file of every model and tag")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser("verify", help="hash-check every cached weight file")
+    p.add_argument("--delete", action="store_true", help="delete files that fail")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("convert", help="convert a torchvision .pth to a Keras HDF5 weight file")
+    p.add_argument("file")
+    p.add_argument("--model", required=True)
+    p.add_argument("--out")
+    p.add_argument("--no-top", action="store_true")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("classify", help="top-k ImageNet classes of image files")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--model", default="resnet50")
+    p.add_argument("--weights", default="imagenet", help="a tag, a path, or 'none'")
+    p.add_argument("--top", type=int, default=5)
+    p.set_defaults(func=cmd_classify)
+    return parser
+
+
+def main(argv=None):
+    """Entry point of the `keras-vggres` console script."""
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is first imported
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, FileNotFoundError, OSError) as error:
+        print(f"keras-vggres {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
