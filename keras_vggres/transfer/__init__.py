@@ -1,9 +1,21 @@
-"""Transfer learning: stages and freezing, classifier heads, feature taps, pooled embeddings."""
+"""Transfer learning: stages and freezing, heads, feature taps, embeddings, folder data, fine-tuning.
 
+Re-exports only. Note: `keras_vggres.transfer.stages` is the function; import the module's
+other names from `keras_vggres.transfer.stages` explicitly.
+"""
+
+from keras_vggres.transfer.datasets import FolderData, compute_class_weights, from_folder, from_scan
 from keras_vggres.transfer.embeddings import embed, embed_dataset
+from keras_vggres.transfer.exports import FinetuneResult
+from keras_vggres.transfer.finetune import finetune
 from keras_vggres.transfer.heads import classifier, classifier_head, feature_extractor
+from keras_vggres.transfer.hygiene import ScanReport, scan_folder
+from keras_vggres.transfer.schedules import WarmupCosine
 from keras_vggres.transfer.stages import (FreezeSummary, freeze, freeze_summary, stages,
                                           unfreeze)
+from keras_vggres.transfer.toydata import make_toy_dataset
 
 __all__ = ["stages", "freeze", "unfreeze", "freeze_summary", "FreezeSummary", "classifier",
-           "classifier_head", "feature_extractor", "embed", "embed_dataset"]
+           "classifier_head", "feature_extractor", "embed", "embed_dataset", "from_folder",
+           "from_scan", "scan_folder", "ScanReport", "FolderData", "compute_class_weights",
+           "finetune", "FinetuneResult", "WarmupCosine", "make_toy_dataset"]
