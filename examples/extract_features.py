@@ -4,6 +4,9 @@
     python examples/extract_features.py data/flowers --model resnet18 --weights imagenet
     python examples/extract_features.py data/flowers --out flowers_feats.npz
 
+A thin wrapper around `keras_vggres.transfer.extract.extract_features` (also `keras-vggres
+extract`).
+
 A folder of class sub-folders gets labels (and its broken files skipped, see the hygiene scan);
 a plain folder of images (like examples/images) gets label -1. Images are loaded as RGB 0-255
 (resize + centre crop) and the model has its preprocessing inside. `--weights none` (the
@@ -11,25 +14,11 @@ offline-friendly default) gives random-weight features, only useful to try the p
 """
 
 import argparse
-import os
 from pathlib import Path
 
+from keras_vggres.transfer.extract import extract_features, list_images  # noqa: F401
+
 HERE = Path(__file__).resolve().parent
-
-
-def list_images(folder):
-    """(paths, labels, class names): class folders via the hygiene scan, else the images."""
-    from keras_vggres.transfer.hygiene import EXTENSION_FORMATS, scan_folder
-
-    subdirs = [d for d in Path(folder).iterdir() if d.is_dir() and not d.name.startswith(".")]
-    if subdirs:
-        report = scan_folder(folder)
-        print(report)
-        files = [f for split in report.files.values() for f in split]
-        return [f.path for f in files], [f.label for f in files], list(report.class_names)
-    paths = sorted(str(p) for p in Path(folder).iterdir()
-                   if p.suffix.lower() in EXTENSION_FORMATS)
-    return paths, [-1] * len(paths), []
 
 
 def main(argv=None):
@@ -43,26 +32,11 @@ def main(argv=None):
     parser.add_argument("--out", default="feats.npz")
     args = parser.parse_args(argv)
 
-    import numpy as np
-
-    import keras_vggres
-    from keras_vggres.transfer import embed
-
-    paths, labels, class_names = list_images(args.folder)
-    if not paths:
-        raise SystemExit(f"No images in {args.folder!r}.")
-    weights = None if args.weights.lower() == "none" else args.weights
-    model = keras_vggres.get_model(args.model, include_top=False, weights=weights,
-                                   input_shape=(args.image_size, args.image_size, 3),
-                                   include_preprocessing=True)
-    features = embed(model, paths, batch_size=args.batch_size, pooling=args.pooling,
-                     image_size=args.image_size, verbose=0)
-    tmp = f"{args.out}.tmp.npz"
-    np.savez(tmp, features=features, paths=np.array(paths), labels=np.array(labels),
-             class_names=np.array(class_names))
-    os.replace(tmp, args.out)
+    features, _, _, _ = extract_features(args.folder, model=args.model, weights=args.weights,
+                                         image_size=args.image_size, pooling=args.pooling,
+                                         batch_size=args.batch_size, out=args.out)
     print(f"{features.shape[0]} embeddings of size {features.shape[1]} from {args.model} "
-          f"(weights={weights}) -> {args.out}")
+          f"(weights={args.weights}) -> {args.out}")
     return features
 
 

@@ -1,4 +1,4 @@
-"""`keras-vggres`: list models and weights, fill or verify the cache, convert, classify, fine-tune.
+"""`keras-vggres`: list models and weights, fill the cache, convert, classify, fine-tune, extract.
 
 Each sub-command is a small function taking the parsed arguments; heavy imports (TensorFlow)
 happen inside the commands that need them, so `keras-vggres models --help` stays fast.
@@ -117,6 +117,81 @@ def cmd_classify(args):
     return 0
 
 
+# --------------------------------------------------------------------------- transfer learning
+# Same values as keras_vggres.distribute.STRATEGY_KINDS / PRECISIONS (not imported: that module
+# imports TensorFlow, and the parser must stay fast).
+STRATEGIES = ("auto", "none", "mirrored", "multiworker", "tpu")
+PRECISIONS = ("float32", "mixed", "mixed_float16", "mixed_bfloat16")
+
+
+def cmd_finetune(args):
+    from keras_vggres.transfer.finetune import finetune
+
+    result = finetune(
+        args.data_dir, model=args.model, weights=args.weights, image_size=args.image_size,
+        batch_size=args.batch_size, epochs_head=args.epochs,
+        epochs_finetune=args.epochs if args.epochs_finetune is None else args.epochs_finetune,
+        unfreeze=args.unfreeze, lr=args.lr, augment="basic" if args.augment else False,
+        validation_split=args.validation_split, out_dir=args.out, strategy=args.strategy,
+        precision=args.precision, jit_compile=True if args.jit else "auto",
+        verbose=0 if args.quiet else 1)
+    if args.quiet:  # finetune prints the hygiene report and the result unless verbose=0
+        print(result)
+    return 0
+
+
+def cmd_extract(args):
+    from keras_vggres.transfer.extract import extract_features
+
+    source = args.source[0] if len(args.source) == 1 and os.path.isdir(args.source[0]) \
+        else args.source
+    features, paths, _, class_names = extract_features(
+        source, model=args.model, weights=args.weights, image_size=args.image_size,
+        pooling=args.pooling, batch_size=args.batch_size, out=args.out, strategy=args.strategy)
+    print(f"{features.shape[0]} embeddings of size {features.shape[1]} from {args.model} "
+          f"(weights={args.weights}, {len(class_names)} classes) -> {args.out}")
+    return 0
+
+
+def _validation_split(text):
+    return None if text.lower() == "none" else float(text)
+
+
+def _add_transfer_parsers(sub):
+    p = sub.add_parser("finetune", help="fine-tune a model on an image folder and export it")
+    p.add_argument("data_dir", help="root/<class>/*.jpg, or root/train/... + root/val/...")
+    p.add_argument("--model", default="resnet50")
+    p.add_argument("--weights", default="imagenet", help="a tag, a path, or 'none' (random)")
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--epochs", type=int, default=5,
+                   help="head epochs; also the fine-tune epochs unless --epochs-finetune")
+    p.add_argument("--epochs-finetune", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=32, help="per replica")
+    p.add_argument("--out", default=None, help="run folder (the same one resumes a run)")
+    p.add_argument("--unfreeze", default=None, help="first stage to fine-tune, or 'all'")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--augment", action="store_true", help="basic augmentation")
+    p.add_argument("--validation-split", type=_validation_split, default=0.2,
+                   help="held-out fraction, or 'none'")
+    p.add_argument("--strategy", choices=STRATEGIES, default="auto")
+    p.add_argument("--precision", choices=PRECISIONS, default="float32")
+    p.add_argument("--jit", action="store_true", help="force XLA (jit_compile=True)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars, only the result")
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("extract", help="pooled embeddings of images -> a .npz file")
+    p.add_argument("source", nargs="+", metavar="DATA_DIR|IMAGES",
+                   help="a folder (class sub-folders or images) or image files")
+    p.add_argument("--model", default="resnet50")
+    p.add_argument("--weights", default="imagenet", help="a tag, a path, or 'none' (random)")
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--pooling", choices=("avg", "max"), default="avg")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--out", default="feats.npz")
+    p.add_argument("--strategy", choices=STRATEGIES, default=None)
+    p.set_defaults(func=cmd_extract)
+
+
 # --------------------------------------------------------------------------- parser
 def build_parser():
     parser = argparse.ArgumentParser(prog="keras-vggres", description=__doc__.splitlines()[0])
@@ -157,6 +232,8 @@ def build_parser():
     p.add_argument("--weights", default="imagenet", help="a tag, a path, or 'none'")
     p.add_argument("--top", type=int, default=5)
     p.set_defaults(func=cmd_classify)
+
+    _add_transfer_parsers(sub)
     return parser
 
 
@@ -166,7 +243,7 @@ def main(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is first imported
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError, OSError) as error:
+    except (ValueError, TypeError, FileNotFoundError, OSError, RuntimeError) as error:
         print(f"keras-vggres {args.command}: error: {error}", file=sys.stderr)
         return 2
 

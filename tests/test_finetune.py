@@ -221,7 +221,34 @@ def test_missing_data_dir(tmp_path):
 
 def test_bad_strategy(tmp_path):
     with pytest.raises(TypeError, match="strategy"):
-        finetune(tmp_path, out_dir=tmp_path / "run", strategy="mirrored", **FAST)
+        finetune(tmp_path, out_dir=tmp_path / "run", strategy=3, **FAST)
+    with pytest.raises(ValueError, match="kind"):
+        finetune(tmp_path, out_dir=tmp_path / "run", strategy="cluster", **FAST)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("kwargs, match", [({"precision": "float16"}, "precision"),
+                                           ({"jit_compile": "yes"}, "jit_compile")])
+def test_bad_precision_and_jit(tmp_path, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        finetune(tmp_path, out_dir=tmp_path / "run", **{**FAST, **kwargs})
+    assert not (tmp_path / "run").exists()
+
+
+def test_strategy_kind_string(toy, tmp_path):
+    result = finetune(toy.root, out_dir=tmp_path / "run", strategy="none", epochs_head=1,
+                      epochs_finetune=0, **FAST)
+    assert result.summary["settings"]["global_batch_size"] == 8
+    assert result.summary["settings"]["precision"] == "float32"
+    assert os.path.isfile(result.model_path)
+
+
+def test_multiworker_needs_out_dir(toy, monkeypatch):
+    from keras_vggres import distribute
+
+    monkeypatch.setattr(distribute, "is_multiworker", lambda strategy=None: True)
+    with pytest.raises(ValueError, match="out_dir"):
+        finetune(toy.root, out_dir=None, **FAST)
 
 
 def test_warmup_cosine_schedule():

@@ -7,6 +7,7 @@ other names from `keras_vggres.transfer.stages` explicitly.
 from keras_vggres.transfer.datasets import FolderData, compute_class_weights, from_folder, from_scan
 from keras_vggres.transfer.embeddings import embed, embed_dataset
 from keras_vggres.transfer.exports import FinetuneResult
+from keras_vggres.transfer.extract import extract_features
 from keras_vggres.transfer.finetune import finetune
 from keras_vggres.transfer.heads import classifier, classifier_head, feature_extractor
 from keras_vggres.transfer.hygiene import ScanReport, scan_folder
@@ -18,4 +19,4 @@ from keras_vggres.transfer.toydata import make_toy_dataset
 __all__ = ["stages", "freeze", "unfreeze", "freeze_summary", "FreezeSummary", "classifier",
            "classifier_head", "feature_extractor", "embed", "embed_dataset", "from_folder",
            "from_scan", "scan_folder", "ScanReport", "FolderData", "compute_class_weights",
-           "finetune", "FinetuneResult", "WarmupCosine", "make_toy_dataset"]
+           "finetune", "FinetuneResult", "extract_features", "WarmupCosine", "make_toy_dataset"]

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import keras
 
+from keras_vggres import distribute
 from keras_vggres.transfer import exports
 from keras_vggres.transfer import report as reporting
 from keras_vggres.transfer.datasets import from_scan
@@ -41,7 +42,7 @@ def finetune(data_dir, model="resnet50", weights="imagenet", image_size=224, bat
              epochs_head=5, epochs_finetune=5, unfreeze=None, bn="frozen", lr=1e-3,
              finetune_lr=None, warmup_epochs=1, dropout=0.2, augment=False, validation_split=0.2,
              seed=1337, out_dir=None, early_stopping_patience=3, strategy=None, verbose=1,
-             callbacks=None):
+             callbacks=None, precision="float32", jit_compile="auto"):
     """Fine-tune a registered model on an image folder and export it.
 
     Args:
@@ -50,7 +51,8 @@ def finetune(data_dir, model="resnet50", weights="imagenet", image_size=224, bat
         model: a registered model name (`keras_vggres.list_models()`).
         weights: `"imagenet"`, a weights tag, a weights file, or None / `"none"` (random).
         image_size: square input size (int).
-        batch_size: images per batch (global batch size under a strategy).
+        batch_size: images per batch PER REPLICA; the pipelines are batched with the global
+            batch `batch_size * strategy.num_replicas_in_sync` (`distribute.global_batch_size`).
         epochs_head: epochs of the head phase (backbone frozen).
         epochs_finetune: epochs of the fine-tuning phase (0: skip it).
         unfreeze: stages trained in the fine-tuning phase: None (the last stage: "conv5" for
@@ -69,29 +71,49 @@ def finetune(data_dir, model="resnet50", weights="imagenet", image_size=224, bat
             layouts, None: no validation; then training accuracy is monitored).
         seed: seeds Keras, NumPy, Python and TensorFlow, the split and the shuffling.
         out_dir: run folder (default `runs/<model>-<timestamp>`); pass the same folder again
-            to resume an interrupted run.
+            to resume an interrupted run. Only the chief writes it; other workers of a
+            multi-worker run keep their state in `out_dir/workers/<task>_<index>`
+            (`distribute.worker_dir`). Required under multi-worker.
         early_stopping_patience: epochs without improvement before a phase stops (None: off).
-        strategy: None (the default strategy) or a `tf.distribute.Strategy`; the model and its
-            optimizers are built inside `strategy.scope()`.
-        verbose: Keras `fit` verbosity; 0 also silences the printed reports.
+        strategy: None (the default strategy), a kind for `keras_vggres.distribute.strategy`
+            (`distribute.STRATEGY_KINDS`: "auto", "tpu", "multiworker", "mirrored", "none") or
+            a `tf.distribute.Strategy`; the model and its optimizers are built inside
+            `strategy.scope()`. It is resolved before any other TensorFlow work. Under
+            multi-worker the head trains through the frozen backbone (no cached embeddings).
+        verbose: Keras `fit` verbosity; 0 also silences the printed reports (forced to 0 on
+            workers other than the chief).
         callbacks: extra Keras callbacks, appended to every `fit` call.
+        precision: `distribute.PRECISIONS`: "float32", "mixed" (float16 on GPU, bfloat16
+            elsewhere), "mixed_float16" or "mixed_bfloat16"; the global Keras dtype policy
+            during the run (the caller's policy is restored afterwards). The classifier output
+            stays float32.
+        jit_compile: `model.compile`'s XLA switch: "auto" (Keras' default), True or False.
 
     Returns:
         A `FinetuneResult`.
     """
     settings = _settings(locals())
     strategy = _strategy(strategy)
+    settings["global_batch_size"] = distribute.global_batch_size(batch_size, strategy)
+    multiworker = distribute.is_multiworker(strategy)
+    if out_dir is None and multiworker:
+        raise ValueError("`out_dir` is required under a multi-worker strategy: every worker "
+                         "must use the same run folder (restart them all with it to resume).")
+    verbose = verbose if distribute.is_chief(strategy) else 0
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    run = RunState(out_dir or os.path.join("runs", f"{settings['model']}-{stamp}"), settings)
+    folder = out_dir or os.path.join("runs", f"{settings['model']}-{stamp}")
+    run = RunState(distribute.worker_dir(folder, strategy), settings)
     if run.complete:
         return exports.result(run, reporting.read_json(run.file("summary.json")), history={})
     ctx = _Context(run=run, settings=settings, strategy=strategy, verbose=verbose,
-                   user_callbacks=list(callbacks or ()), augment=augment)
+                   user_callbacks=list(callbacks or ()), augment=augment,
+                   multiworker=multiworker)
     keras.utils.set_random_seed(seed)
-    _prepare(ctx, data_dir)
-    _head_phase(ctx)
-    _finetune_phase(ctx)
-    result = exports.finish(ctx)
+    with distribute.precision_scope(precision, strategy):
+        _prepare(ctx, data_dir)
+        _head_phase(ctx)
+        _finetune_phase(ctx)
+        result = exports.finish(ctx)
     if verbose:
         print(result)
     return result
@@ -105,6 +127,7 @@ class _Context:
     verbose: int
     user_callbacks: list
     augment: object = False
+    multiworker: bool = False
     data: object = None
     model: object = None
     monitor: str = "val_accuracy"
@@ -142,6 +165,8 @@ def _settings(args):
         _check_number(args, "validation_split", low=0, low_open=True, high=1)
     check_choice("bn", args["bn"], BN_POLICIES)
     make_augment(args["augment"], None)  # raises for an unknown value
+    check_choice("precision", args["precision"], distribute.PRECISIONS)
+    distribute.compile_kwargs(args["jit_compile"])  # raises for an unknown value
     weights = args["weights"]
     weights = None if weights is None or str(weights).lower() == "none" else os.fspath(weights)
     return {
@@ -155,6 +180,7 @@ def _settings(args):
         "augment": _describe_augment(args["augment"]),
         "validation_split": args["validation_split"], "seed": args["seed"],
         "early_stopping_patience": args["early_stopping_patience"], "verbose": args["verbose"],
+        "precision": args["precision"], "jit_compile": args["jit_compile"],
     }
 
 
@@ -202,14 +228,14 @@ def unfreeze_stages(stages, unfreeze):
 
 
 def _strategy(strategy):
+    """None, a kind (`distribute.STRATEGY_KINDS`) or a Strategy -> a `tf.distribute.Strategy`."""
     import tensorflow as tf
 
-    if strategy is None:
-        return tf.distribute.get_strategy()
-    if not isinstance(strategy, tf.distribute.Strategy):
-        raise TypeError("`strategy` must be None or a tf.distribute.Strategy; received "
+    if strategy is not None and not isinstance(strategy, (str, tf.distribute.Strategy)):
+        raise TypeError("`strategy` must be None, one of "
+                        f"{distribute.STRATEGY_KINDS} or a tf.distribute.Strategy; received "
                         f"{type(strategy).__name__}.")
-    return strategy
+    return distribute.strategy("none" if strategy is None else strategy)
 
 
 # ----------------------------------------------------------------------------- data + model
@@ -219,16 +245,19 @@ def _prepare(ctx, data_dir):
     scan = scan_folder(data_dir)
     scan.save(ctx.run.file("hygiene.json"))
     split = None if scan.layout == "train/val" and "val" in scan.files else s["validation_split"]
-    ctx.data = from_scan(scan, image_size=s["image_size"], batch_size=s["batch_size"],
+    ctx.data = from_scan(scan, image_size=s["image_size"], batch_size=s["global_batch_size"],
                          validation_split=split, seed=s["seed"], preprocessing="raw",
                          augment=ctx.augment)
+    ctx.data.train = distribute.with_auto_shard(ctx.data.train, "data")
+    if ctx.data.val is not None:
+        ctx.data.val = distribute.with_auto_shard(ctx.data.val, "data")
     ctx.monitor = "val_accuracy" if ctx.data.val is not None else "accuracy"
     ctx.timings["scan"] = round(time.perf_counter() - start, 3)
     if ctx.verbose:
         print(scan)
-    with ctx.strategy.scope():
-        ctx.model = build_classifier(s["model"], s["weights"], s["image_size"],
-                                     len(scan.class_names), s["dropout"])
+    ctx.model = distribute.build_in_scope(ctx.strategy, build_classifier, s["model"],
+                                          s["weights"], s["image_size"],
+                                          len(scan.class_names), s["dropout"])
 
 
 def build_classifier(model_name, weights, image_size, num_classes, dropout):
@@ -250,9 +279,10 @@ def freeze_backbone(model, model_name):
     return freeze(model, stages=[s for s in get_spec(model_name).stages if s != HEAD])
 
 
-def _compile(model, learning_rate):
+def _compile(model, learning_rate, jit_compile="auto"):
     model.compile(optimizer=keras.optimizers.Adam(learning_rate),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"],
+                  **distribute.compile_kwargs(jit_compile))
 
 
 def _callbacks(ctx, phase, epoch_offset, earlier_phases):
@@ -289,11 +319,13 @@ def _head_phase(ctx):
     freeze_backbone(ctx.model, s["model"])
     start = time.perf_counter()
     with ctx.strategy.scope():
-        if ctx.augment in (False, None):
+        if ctx.augment in (False, None) and not ctx.multiworker:
             fit_model, train, val = _embedding_data(ctx)
-        else:
+        else:  # augmenting, or multi-worker: through the frozen backbone
             fit_model, train, val = ctx.model, ctx.data.train, ctx.data.val
-        _compile(fit_model, s["lr"])
+        _compile(fit_model, s["lr"], s["jit_compile"])
+    if ctx.multiworker:
+        distribute.fix_multiworker_fit(fit_model)
     fit_model.fit(train, validation_data=val, epochs=s["epochs_head"], verbose=ctx.verbose,
                   class_weight=ctx.data.class_weights, shuffle=False,
                   callbacks=_callbacks(ctx, phase, 0, []))
@@ -314,7 +346,7 @@ def _embedding_data(ctx):
     from keras_vggres.transfer.stages import find_backbone
 
     start = time.perf_counter()
-    batch, seed = ctx.settings["batch_size"], ctx.settings["seed"]
+    batch, seed = ctx.settings["global_batch_size"], ctx.settings["seed"]
     arrays = embed_splits(find_backbone(ctx.model)[0], ctx.data, ("train", "val"),
                           batch_size=EMBEDDING_BATCH_FACTOR * batch,
                           cache_dir=ctx.run.file("embeddings"))
@@ -382,7 +414,7 @@ def _finetune_phase(ctx):
                                              steps * s["epochs_finetune"]))
     start = time.perf_counter()
     with ctx.strategy.scope():
-        _compile(ctx.model, schedule)
+        _compile(ctx.model, schedule, s["jit_compile"])
     ctx.model.fit(ctx.data.train, validation_data=ctx.data.val, epochs=s["epochs_finetune"],
                   verbose=ctx.verbose, shuffle=False, class_weight=ctx.data.class_weights,
                   callbacks=_callbacks(ctx, phase, _phase_epochs(ctx, "head"), ["head"]))
