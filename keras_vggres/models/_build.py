@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import keras
 
 from keras_vggres.models import _common
@@ -25,12 +27,16 @@ def build(model_name, *, body, top, include_top, weights, input_tensor, input_sh
         classifier_activation=classifier_activation, weights_given=weights_arg)
     mode = pretrained.preprocessing_mode(model_name, include_preprocessing, choice, variant)
 
-    inputs, x = _common.model_input(input_tensor, input_shape)
-    if mode is not None:
-        from keras_vggres.imagenet import ImageNetPreprocessing
-        x = ImageNetPreprocessing(mode=mode, name="preprocessing")(x)
-    x = body(x, variant)
-    x = top(x, classes, classifier_activation) if include_top else _common.pooled_output(x, pooling)
-    model = keras.Model(inputs, x, name=name)
-    pretrained.load(model, model_name, choice, include_top=include_top)
+    # Weights about to be loaded replace every kernel: skip the random draw (seconds for VGG).
+    will_load = choice.record is not None or choice.path is not None
+    with _common.weights_will_load() if will_load else nullcontext():
+        inputs, x = _common.model_input(input_tensor, input_shape)
+        if mode is not None:
+            from keras_vggres.imagenet import ImageNetPreprocessing
+            x = ImageNetPreprocessing(mode=mode, name="preprocessing")(x)
+        x = body(x, variant)
+        x = (top(x, classes, classifier_activation) if include_top
+             else _common.pooled_output(x, pooling))
+        model = keras.Model(inputs, x, name=name)
+        pretrained.load(model, model_name, choice, include_top=include_top)
     return model

@@ -7,8 +7,10 @@ clear error or do the safe thing instead.
 
 from __future__ import annotations
 
+import contextvars
 import os
 import warnings
+from contextlib import contextmanager
 
 import keras
 from keras import layers
@@ -110,7 +112,50 @@ def pooled_output(x, pooling):
 
 def classifier_layer(classes, activation):
     """The final Dense layer of every family, named `predictions` like keras.applications."""
-    return layers.Dense(classes, activation=activation, name="predictions")
+    return dense(classes, activation=activation, name="predictions")
+
+
+# --------------------------------------------------------------------------- weighted layers
+# A random draw for 138M VGG16 weights costs seconds and ~2x their size in temporaries, and is
+# thrown away when a weights file is loaded next. While `weights_will_load()` is active, the
+# factories below give kernels the cheap "zeros" initializer instead; on exit every layer gets
+# its original initializer back, so configs (and `clone_model`) are exactly keras.applications'.
+_PLACEHOLDER_KERNELS = contextvars.ContextVar("keras_vggres_placeholder_kernels", default=None)
+
+
+@contextmanager
+def weights_will_load():
+    """Build with placeholder (zero) kernels; only for models whose every weight is then loaded.
+
+    The loaders are all or nothing (every weight assigned, or an error and no model), so the
+    placeholder values can never reach a user.
+    """
+    swapped = []
+    token = _PLACEHOLDER_KERNELS.set(swapped)
+    try:
+        yield
+    finally:
+        _PLACEHOLDER_KERNELS.reset(token)
+        for layer, initializer in swapped:
+            layer.kernel_initializer = initializer
+
+
+def _kernel_layer(layer):
+    swapped = _PLACEHOLDER_KERNELS.get()
+    if swapped is not None:
+        swapped.append((layer, layer.kernel_initializer))
+        layer.kernel_initializer = keras.initializers.Zeros()
+    return layer
+
+
+def conv2d(*args, **kwargs):
+    """`layers.Conv2D`; its kernel is a placeholder inside `weights_will_load()`."""
+    return _kernel_layer(layers.Conv2D(*args, **kwargs))
+
+
+def dense(*args, **kwargs):
+    """`layers.Dense`; its kernel is a placeholder inside `weights_will_load()`."""
+    return _kernel_layer(layers.Dense(*args, **kwargs))
 
 
 def describe_weights_arg(weights):

@@ -71,8 +71,8 @@ def _conv(x, filters, kernel, stride, prefix, style, bias_index):
         x = layers.ZeroPadding2D(kernel // 2, name=f"{prefix}_pad")(x)
     elif kernel > 1:
         padding = "same"
-    return layers.Conv2D(filters, kernel, strides=stride, padding=padding,
-                         use_bias=style.conv_bias[bias_index], name=f"{prefix}_conv")(x)
+    return _common.conv2d(filters, kernel, strides=stride, padding=padding,
+                          use_bias=style.conv_bias[bias_index], name=f"{prefix}_conv")(x)
 
 
 def _shortcut(x, preact, out_channels, stride, name, style, projection):
@@ -118,7 +118,7 @@ def _block_stride(stage, block, blocks, style):
 
 def _stem(x, style):
     x = layers.ZeroPadding2D(3, name="conv1_pad")(x)
-    x = layers.Conv2D(STEM_WIDTH, 7, strides=2, use_bias=style.conv_bias[0], name="conv1_conv")(x)
+    x = _common.conv2d(STEM_WIDTH, 7, strides=2, use_bias=style.conv_bias[0], name="conv1_conv")(x)
     if not style.preact:
         x = _bn_relu(x, "conv1", style)
     x = layers.ZeroPadding2D(1, name="pool1_pad")(x)

@@ -29,9 +29,9 @@ def conv_unit(x, width, block, index, *, batch_norm):
     """3x3 conv + ReLU (Keras naming), or conv -> BN -> ReLU with `block{b}_bn{i}` names."""
     name = f"block{block}_conv{index}"
     if not batch_norm:
-        return layers.Conv2D(width, 3, activation="relu", padding="same", name=name)(x)
+        return _common.conv2d(width, 3, activation="relu", padding="same", name=name)(x)
     # Stride-1 3x3 "same" padding is exactly PyTorch's symmetric padding=1.
-    x = layers.Conv2D(width, 3, padding="same", name=name)(x)
+    x = _common.conv2d(width, 3, padding="same", name=name)(x)
     x = layers.BatchNormalization(axis=_common.channel_axis(), name=f"block{block}_bn{index}",
                                   **TORCH_BN)(x)
     return layers.Activation("relu", name=f"block{block}_relu{index}")(x)
@@ -49,8 +49,8 @@ def vgg_body(x, depth, *, batch_norm):
 def vgg_top(x, classes, classifier_activation):
     """keras.applications' VGG head: flatten (H, W, C order) -> fc1 -> fc2 -> predictions."""
     x = layers.Flatten(name="flatten")(x)
-    x = layers.Dense(FC_UNITS, activation="relu", name="fc1")(x)
-    x = layers.Dense(FC_UNITS, activation="relu", name="fc2")(x)
+    x = _common.dense(FC_UNITS, activation="relu", name="fc1")(x)
+    x = _common.dense(FC_UNITS, activation="relu", name="fc2")(x)
     return _common.classifier_layer(classes, classifier_activation)(x)
 
 

@@ -187,9 +187,18 @@ def run_mirrored(out):
     with mirrored.scope():
         loaded = get_model("resnet18", include_top=False, weights=path, input_shape=(32, 32, 3))
     result["builder_variables"] = sorted({_variable_kind(v) for v in loaded.weights})
+    # and from a legacy HDF5 file: our loader writes large kernels (conv5's 9.4 MB) into the
+    # replicated variables in place, slice by slice
+    from keras_vggres.weights.h5 import save_weights_h5
+    legacy = out + ".resnet18.h5"
+    save_weights_h5(reference, legacy)
+    with mirrored.scope():
+        loaded_legacy = get_model("resnet18", include_top=False, weights=legacy,
+                                  input_shape=(32, 32, 3))
     result["loaded_equal"] = all(
         all(np.array_equal(component.numpy(), expected) for component in v.value.values)
-        for v, expected in zip(loaded.weights, reference.get_weights()))
+        for model in (loaded, loaded_legacy)
+        for v, expected in zip(model.weights, reference.get_weights()))
     with open(out, "w") as f:
         json.dump(result, f)
 
