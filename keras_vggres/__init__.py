@@ -17,6 +17,7 @@ _EXPORTS = {
         "preprocess_input", "decode_predictions", "load_images", "get_preprocessing"),
     "keras_vggres.registry": ("get_model", "list_models"),
     "keras_vggres.weights.manifest": ("list_weights",),
+    "keras_vggres.inference": ("optimize_for_inference",),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = list(_WHERE)
