@@ -70,6 +70,25 @@ def test_array_matches_a_manual_pooled_forward_pass(model, images, pooling):
     np.testing.assert_allclose(result, manual(model, images, pooling), rtol=1e-5, atol=1e-5)
 
 
+def test_last_partial_batch_is_padded_to_one_traced_shape(model, images, monkeypatch):
+    """5 images by 2: three calls of shape (2, ...), so the predict function is traced once."""
+    shapes = []
+    real = keras.Model.predict_on_batch
+
+    def spy(self, x):
+        shapes.append(x.shape)
+        return real(self, x)
+
+    monkeypatch.setattr(keras.Model, "predict_on_batch", spy)
+    result = embed(model, images, batch_size=2, verbose=0)
+    assert shapes == [(2, SIZE, SIZE, 3)] * 3
+    assert result.shape == (5, 512)
+    np.testing.assert_allclose(result, manual(model, images), rtol=1e-5, atol=1e-5)
+    shapes.clear()
+    embed(model, images[:1], batch_size=2, verbose=0)      # one small batch: nothing to pad
+    assert shapes == [(1, SIZE, SIZE, 3)]
+
+
 def test_pooled_model_is_used_as_it_is(model, images):
     pooled = build(pooling="max")
     pooled.set_weights(model.get_weights())
