@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from keras_vggres._atomic import replacing
 from keras_vggres.transfer.hygiene import ScanReport, scan_folder
 
 RAW = "raw"
@@ -305,11 +306,6 @@ def convert_to_rgb_png(path, folder):
     if img.mode == "F":  # 16-bit data scaled to 0-255 floats
         gray = np.clip(np.rint(np.asarray(img)), 0, 255).astype(np.uint8)
         img = Image.fromarray(gray, "L").convert("RGB")
-    tmp = f"{target}.{os.getpid()}.tmp"
-    try:
+    with replacing(target) as tmp:
         img.save(tmp, format="PNG")
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return target

@@ -27,7 +27,6 @@ import hashlib
 import json
 import os
 import re
-import uuid
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ import keras
 import numpy as np
 
 from keras_vggres import imagenet
+from keras_vggres._atomic import replacing
 from keras_vggres.transfer import heads
 
 CACHE_VERSION = 1
@@ -323,14 +323,8 @@ def _write_cache(path, record, embeddings, labels):
     arrays = {"embeddings": embeddings, "key": np.array(record)}
     if labels is not None:
         arrays["labels"] = labels
-    tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with replacing(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
 
 
 def _walk(model):

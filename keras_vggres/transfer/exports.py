@@ -12,12 +12,12 @@ from __future__ import annotations
 import os
 import shutil
 import time
-import uuid
 from dataclasses import dataclass, field
 
 import keras
 import numpy as np
 
+from keras_vggres._atomic import replacing
 from keras_vggres.transfer import report as reporting
 from keras_vggres.transfer.runstate import best_so_far, save_atomically
 
@@ -92,15 +92,8 @@ def finish(ctx):
 
 def export_saved_model(model, path):
     """`model.export(path)` (TensorFlow SavedModel, endpoint "serve") via a temporary folder."""
-    tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
+    with replacing(path) as tmp:
         model.export(tmp, verbose=False)
-        if os.path.isdir(path):
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    finally:
-        if os.path.isdir(tmp):
-            shutil.rmtree(tmp)
     return path
 
 

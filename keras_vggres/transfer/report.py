@@ -11,10 +11,11 @@ import io
 import json
 import os
 import time
-import uuid
 
 import keras
 import numpy as np
+
+from keras_vggres._atomic import replacing
 
 METRIC_COLUMNS = ("run", "phase", "epoch", "loss", "accuracy", "val_loss", "val_accuracy",
                   "learning_rate", "seconds")
@@ -25,14 +26,8 @@ def write_text(path, text):
     """Write `text` to `path` atomically (temporary file + rename)."""
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with replacing(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
     return path
 
 
@@ -151,10 +146,8 @@ def _save_png(img, path):
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     path = os.fspath(path)
-    tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
-    with open(tmp, "wb") as f:
+    with replacing(path) as tmp, open(tmp, "wb") as f:
         f.write(buf.getvalue())
-    os.replace(tmp, path)
     return path
 
 

@@ -9,10 +9,10 @@ one at the epoch after the last finished one.
 from __future__ import annotations
 
 import os
-import uuid
 
 import keras
 
+from keras_vggres._atomic import replacing
 from keras_vggres.transfer.report import read_json, read_metrics, write_json
 
 STATE_FILE = "state.json"
@@ -84,16 +84,11 @@ def save_atomically(model, path):
     """`model.save` / `save_weights` to a temporary name with the same suffix, then rename."""
     path = os.fspath(path)
     suffix = ".weights.h5" if path.endswith(".weights.h5") else os.path.splitext(path)[1]
-    tmp = f"{path[: -len(suffix)]}.{uuid.uuid4().hex[:8]}.tmp{suffix}"
-    try:
+    with replacing(path, suffix=suffix) as tmp:
         if suffix == ".weights.h5":
             model.save_weights(tmp)
         else:
             model.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 
