@@ -307,14 +307,22 @@ def _phase_epochs(ctx, phase):
 
 
 # ----------------------------------------------------------------------------- phases
+def _already_done(ctx, phase, epochs):
+    """True when `phase` has nothing to train: finished by an earlier attempt (its weights are
+    restored) or given 0 epochs (recorded as finished)."""
+    if ctx.run.phase(phase)["done"]:
+        ctx.model.load_weights(ctx.run.file(ctx.run.phase(phase)["weights"]))
+        return True
+    if epochs == 0:
+        ctx.run.finish_phase(phase, ctx.model, epochs=0)
+        return True
+    return False
+
+
 def _head_phase(ctx):
     """Phase 1: backbone frozen; head trained on cached embeddings unless augmenting."""
     run, s, phase = ctx.run, ctx.settings, "head"
-    if run.phase(phase)["done"]:
-        ctx.model.load_weights(run.file(run.phase(phase)["weights"]))
-        return
-    if s["epochs_head"] == 0:
-        run.finish_phase(phase, ctx.model, epochs=0)
+    if _already_done(ctx, phase, s["epochs_head"]):
         return
     freeze_backbone(ctx.model, s["model"])
     start = time.perf_counter()
@@ -398,11 +406,7 @@ def _finetune_phase(ctx):
     from keras_vggres.transfer.stages import unfreeze
 
     run, s, phase = ctx.run, ctx.settings, "finetune"
-    if run.phase(phase)["done"]:
-        ctx.model.load_weights(run.file(run.phase(phase)["weights"]))
-        return
-    if s["epochs_finetune"] == 0:
-        run.finish_phase(phase, ctx.model, epochs=0)
+    if _already_done(ctx, phase, s["epochs_finetune"]):
         return
     freeze_backbone(ctx.model, s["model"])
     summary = unfreeze(ctx.model, stages=s["unfreeze"], bn=s["bn"])
