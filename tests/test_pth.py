@@ -94,9 +94,9 @@ def test_each_storage_is_read_once(tmp_path, monkeypatch):
     base = torch.randn(8, 8)
     path = _save({f"row{i}": base[i] for i in range(8)}, tmp_path / "once.pth")
     reads = []
-    original = zipfile.ZipFile.read
-    monkeypatch.setattr(zipfile.ZipFile, "read",
-                        lambda self, name, *a: reads.append(name) or original(self, name, *a))
+    original = zipfile.ZipFile.open  # ZipFile.read opens too: every record read passes here
+    monkeypatch.setattr(zipfile.ZipFile, "open", lambda self, name, *a, **k: reads.append(
+        getattr(name, "filename", name)) or original(self, name, *a, **k))
     assert len(load_pth(path)) == 8
     assert sum("/data/" in name for name in reads) == 1
 
@@ -321,6 +321,54 @@ def test_view_beyond_its_storage(tmp_path, offset, size, stride):
                       {"0": bytes(16)})
     with pytest.raises(ValueError, match=r"tensor 'w'.*reaches element \d+ of storage '0'"):
         load_pth(path)
+
+
+def test_expanded_view_is_refused_before_it_is_materialised(tmp_path):
+    """A 4-element storage viewed as 10^6 x 10^6 (stride 0) would need 4 TB: refused unread."""
+    storage = _Storage("0", torch.FloatStorage, 4)
+    huge = {"w": _Tensor(storage, 0, (10**6, 10**6), (0, 0))}
+    path = _write_zip(tmp_path / "e.pth", _pickle(huge), {"0": bytes(16)})
+    with pytest.raises(ValueError, match=r"tensor 'w'.* has 1000000000000 elements but its "
+                                         r"storage '0' only 4: an expanded view"):
+        load_pth(path)
+    real = _save({"w": torch.ones(1).expand(10)}, tmp_path / "torch_expanded.pth")
+    with pytest.raises(ValueError, match="an expanded view is not a weight"):
+        load_pth(real)
+
+
+def _deflated(path, records):
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in records.items():
+            zf.writestr(name, data)
+    return path
+
+
+def test_deflate_bomb_is_refused_without_inflating_it(tmp_path, monkeypatch):
+    numel = 4 << 20                                       # 16 MiB of float32 zeros
+    pkl = _pickle({"w": _Tensor(_Storage("0", torch.FloatStorage, numel), 0, (numel,), (1,))})
+    path = _deflated(tmp_path / "bomb.pth", {"archive/data.pkl": pkl,
+                                             "archive/data/0": bytes(4 * numel)})
+    assert os.path.getsize(path) < 100_000
+    opened, real_open = [], zipfile.ZipFile.open
+
+    def spy(archive, name, *args, **kwargs):
+        opened.append(getattr(name, "filename", name))
+        return real_open(archive, name, *args, **kwargs)
+
+    monkeypatch.setattr(zipfile.ZipFile, "open", spy)
+    with pytest.raises(ValueError, match=r"record 'archive/data/0' is compressed \d+x .*"
+                                         r"expands at most 64x"):
+        load_pth(path)
+    assert "archive/data.pkl" in opened and "archive/data/0" not in opened
+
+
+def test_compressed_but_plausible_checkpoint_loads(tmp_path):
+    """Re-zipped with deflate (random weights barely compress): still read, values exact."""
+    reference = {"w": _random(torch.float32, (512, 1024)), "b": torch.zeros(7)}
+    original = _save(reference, tmp_path / "stored.pth")
+    with zipfile.ZipFile(original) as zf:
+        records = {name: zf.read(name) for name in zf.namelist()}
+    _assert_same(load_pth(_deflated(tmp_path / "deflated.pth", records)), reference)
 
 
 @pytest.mark.parametrize("state", [{"stride": (-4,)}, (None, {"stride": (-4,)}),

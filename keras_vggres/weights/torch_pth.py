@@ -42,6 +42,10 @@ _PY2_MODULES = {"__builtin__": "builtins", "copy_reg": "copyreg"}
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL = 1001
 _WRAPPER_KEYS = ("state_dict", "model")
+# Memory bounds on hostile files: a deflated record may expand at most this much (float weights
+# barely compress; a record of zeros expands ~1000x), checked for records above the floor.
+MAX_INFLATION = 64
+INFLATION_FLOOR_BYTES = 1 << 20
 _RESAVE_HINT = "Re-save it with a current PyTorch: `torch.save(torch.load(path), new_path)`."
 
 
@@ -275,6 +279,13 @@ def _materialise(name, spec, flat, path):
                 f"{spec.offset}) reaches element {last} of storage {spec.storage.key!r}, which "
                 f"has only {flat.size}."
             )
+        elements = int(np.prod(spec.shape, dtype=object))
+        if elements > flat.size:  # inside the storage yet larger: overlapping (expanded) strides
+            raise ValueError(
+                f"{path}: tensor {name!r} (shape {spec.shape}, stride {spec.stride}) has "
+                f"{elements} elements but its storage {spec.storage.key!r} only {flat.size}: "
+                "an expanded view is not a weight, and materialising it could exhaust memory."
+            )
         view = np.lib.stride_tricks.as_strided(
             flat[spec.offset:], shape=spec.shape,
             strides=tuple(s * flat.itemsize for s in spec.stride), writeable=False,
@@ -325,11 +336,27 @@ def _load_zip(path):
                     if record not in names:
                         raise ValueError(f"{path}: storage record {record!r} is missing "
                                          "(truncated or corrupt checkpoint).")
-                    yield key, _storage_array(archive.read(record), storage, big_endian, path)
+                    yield key, _storage_array(_read_record(archive, record, storage, path),
+                                              storage, big_endian, path)
 
             return _tensors(state, read_storages, path)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as exc:
         raise ValueError(f"{path}: truncated or corrupt zip checkpoint: {exc}") from exc
+
+
+def _read_record(archive, record, storage, path):
+    """A storage record's bytes, at most the storage's size; deflate bombs are refused unread."""
+    info = archive.getinfo(record)
+    if (info.compress_type != zipfile.ZIP_STORED and info.file_size > INFLATION_FLOOR_BYTES
+            and info.file_size > MAX_INFLATION * max(info.compress_size, 1)):
+        raise ValueError(
+            f"{path}: record {record!r} is compressed {info.file_size // max(info.compress_size, 1)}"
+            f"x ({info.compress_size} -> {info.file_size} bytes); weight data expands at most "
+            f"{MAX_INFLATION}x (torch.save stores records uncompressed). Refusing to inflate it."
+        )
+    need = storage.numel * np.dtype(_DTYPES[storage.dtype.name]).itemsize
+    with archive.open(info) as stream:
+        return stream.read(need)
 
 
 def _zip_byteorder(archive, prefix, names, path):
