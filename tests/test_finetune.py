@@ -294,3 +294,43 @@ def test_confusion_matrix_and_pngs(tmp_path):
     for name in ("cm.png", "curves.png"):
         with Image.open(tmp_path / name) as img:
             assert img.mode == "RGB" and len(img.getcolors(1 << 16)) > 3  # something was drawn
+
+
+# ----------------------------------------------------------------------------- early stopping
+def _stopping_epoch(callback, model, values, first_epoch=0):
+    """Feed `values` (val_accuracy per epoch) from `first_epoch` on; the epoch it stops at."""
+    callback.set_model(model)
+    model.stop_training = False
+    callback.on_train_begin()
+    for epoch, value in enumerate(values[first_epoch:], start=first_epoch):
+        callback.on_epoch_end(epoch, {"val_accuracy": value})
+        if model.stop_training:
+            return epoch
+    return None
+
+
+@pytest.mark.parametrize("killed_after", [1, 2, 3, 4])
+def test_early_stopping_patience_survives_a_resume(tmp_path, killed_after):
+    """Killed after N finished epochs and resumed: it stops at the epoch an uninterrupted run
+    stops at, because the finished epochs' values are replayed from metrics.csv."""
+    from keras_vggres.transfer.runstate import ResumableEarlyStopping
+
+    values = [0.50, 0.70, 0.60, 0.65, 0.69, 0.90]            # patience 3: stops at epoch 4
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    kwargs = dict(monitor="val_accuracy", mode="max", patience=3)
+    uninterrupted = _stopping_epoch(keras.callbacks.EarlyStopping(**kwargs), model, values)
+    assert uninterrupted == 4
+
+    metrics = tmp_path / "metrics.csv"
+    offset = 2                                                 # a finetune phase after 2 head epochs
+    rows = [{"run": 1, "phase": "head", "epoch": e + 1, "val_accuracy": 0.99} for e in range(2)]
+    rows += [{"run": 1, "phase": "finetune", "epoch": offset + e + 1, "val_accuracy": v}
+             for e, v in enumerate(values[:killed_after + 1])]  # + a row whose backup was lost
+    report.write_text(metrics, "run,phase,epoch,val_accuracy\n" + "".join(
+        f"{r['run']},{r['phase']},{r['epoch']},{r['val_accuracy']}\n" for r in rows))
+    model._initial_epoch = killed_after                        # what BackupAndRestore restores
+    resumed = ResumableEarlyStopping(metrics, phase="finetune", epoch_offset=offset, **kwargs)
+    assert _stopping_epoch(resumed, model, values, first_epoch=killed_after) == uninterrupted
+    plain = keras.callbacks.EarlyStopping(**kwargs)            # what Keras alone would do
+    if killed_after >= 2:
+        assert _stopping_epoch(plain, model, values, first_epoch=killed_after) != uninterrupted

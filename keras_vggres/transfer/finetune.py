@@ -27,7 +27,8 @@ from keras_vggres.transfer import report as reporting
 from keras_vggres.transfer.datasets import from_scan
 from keras_vggres.transfer.exports import FinetuneResult
 from keras_vggres.transfer.hygiene import scan_folder
-from keras_vggres.transfer.runstate import BestModelCheckpoint, RunState, best_so_far
+from keras_vggres.transfer.runstate import (BestModelCheckpoint, ResumableEarlyStopping, RunState,
+                                           best_so_far)
 from keras_vggres.transfer.schedules import WarmupCosine
 
 ALL_STAGES = "all"
@@ -295,9 +296,10 @@ def _callbacks(ctx, phase, epoch_offset, earlier_phases):
                                initial_best=initial),
            keras.callbacks.BackupAndRestore(run.file("backup", phase))]
     if ctx.settings["early_stopping_patience"] is not None:
-        cbs.append(keras.callbacks.EarlyStopping(
-            monitor=ctx.monitor, mode="max", restore_best_weights=True,
-            patience=ctx.settings["early_stopping_patience"], verbose=min(ctx.verbose, 1)))
+        cbs.append(ResumableEarlyStopping(
+            metrics, phase=phase, epoch_offset=epoch_offset, monitor=ctx.monitor, mode="max",
+            restore_best_weights=True, patience=ctx.settings["early_stopping_patience"],
+            verbose=min(ctx.verbose, 1)))
     return cbs + ctx.user_callbacks
 
 

@@ -116,3 +116,40 @@ class BestModelCheckpoint(keras.callbacks.Callback):
         if self.best is None or float(value) > self.best:
             self.best = float(value)
             save_atomically(self.full_model, self.path)
+
+
+class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    """`EarlyStopping` whose patience survives a restart.
+
+    Keras' BackupAndRestore brings back the weights and the epoch, not other callbacks' state,
+    so a resumed fit would start counting patience from zero. This callback replays the
+    monitored values of the epochs the backup says are finished (from the metrics CSV, rows of
+    `phase` numbered after `epoch_offset`), so a run stops where an uninterrupted one would.
+    List it after BackupAndRestore: it reads the restored epoch in `on_train_begin`.
+    """
+
+    def __init__(self, metrics_path, *, phase, epoch_offset=0, **kwargs):
+        super().__init__(**kwargs)
+        self.metrics_path, self.phase, self.epoch_offset = os.fspath(metrics_path), phase, \
+            epoch_offset
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        finished = getattr(self.model, "_initial_epoch", None) or 0
+        rows = {r["epoch"] - self.epoch_offset: r.get(self.monitor)
+                for r in read_metrics(self.metrics_path) if r["phase"] == self.phase}
+        if self.monitor_op is None:
+            self._set_monitor_op()
+        for epoch in range(1, finished + 1):
+            self._replay(epoch - 1, rows.get(epoch))
+
+    def _replay(self, epoch, value):
+        """What `on_epoch_end` did with `value`, minus weights (BestModelCheckpoint has them)."""
+        if value is None or epoch < self.start_from_epoch:
+            return
+        self.wait += 1
+        if self._is_improvement(value, self.best):
+            self.best, self.best_epoch = value, epoch
+            if self.baseline is None or self._is_improvement(value, self.baseline):
+                self.wait = 0
+
