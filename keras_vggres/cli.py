@@ -99,18 +99,39 @@ def cmd_convert(args):
 
 
 # --------------------------------------------------------------------------- inference
+def _positive_int(text):
+    """argparse type: an integer >= 1 (argparse names the option in its error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1; received {text!r}")
+    return value
+
+
 def cmd_classify(args):
     import keras_vggres
     from keras_vggres.imagenet import decode_predictions, load_images
 
     weights = None if args.weights.lower() == "none" else args.weights
-    model = keras_vggres.get_model(args.model, weights=weights, include_preprocessing=True)
+
+    def build():
+        model = keras_vggres.get_model(args.model, weights=weights, include_preprocessing=True)
+        return keras_vggres.optimize_for_inference(model) if args.optimize else model
+
+    if args.strategy is None:
+        model = build()
+    else:
+        from keras_vggres import distribute
+
+        model = distribute.build_in_scope(args.strategy, build)
     images = load_images(args.images, weights=weights, model=args.model.lower()) if weights \
         else load_images(args.images)
     if weights is None:
         print("NOTE: weights=None: predictions are random until pretrained weights are loaded.")
-    for path, row in zip(args.images, decode_predictions(model.predict(images, verbose=0),
-                                                         top=args.top)):
+    probabilities = model.predict(images, batch_size=args.batch_size, verbose=0)
+    for path, row in zip(args.images, decode_predictions(probabilities, top=args.top)):
         print(path)
         for wnid, label, score in row:
             print(f"  {score:7.4f}  {label} ({wnid})")
@@ -231,6 +252,11 @@ def build_parser():
     p.add_argument("--model", default="resnet50")
     p.add_argument("--weights", default="imagenet", help="a tag, a path, or 'none'")
     p.add_argument("--top", type=int, default=5)
+    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument("--optimize", action="store_true",
+                   help="optimize_for_inference: BatchNorm folded, lean predict (same results)")
+    p.add_argument("--strategy", choices=STRATEGIES, default=None,
+                   help="build and predict under a tf.distribute strategy (default: none)")
     p.set_defaults(func=cmd_classify)
 
     _add_transfer_parsers(sub)

@@ -6,6 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import keras
+import pytest
+
 from keras_vggres import cli, registry
 from keras_vggres.weights import h5, manifest
 
@@ -95,3 +98,20 @@ def test_readme_example_runs_offline_and_says_predictions_are_random():
     assert result.returncode == 0, result.stderr[-2000:]
     assert "not available" in result.stdout and "RANDOM" in result.stdout
     assert result.stdout.count("(true: ") == 12
+
+
+def test_classify_optimized_and_under_a_strategy_gives_the_same_answers(capsys):
+    images = sorted(str(p) for p in (REPO / "examples" / "images").glob("*.jpg"))[:2]
+    base = ["classify", *images, "--model", "resnet18", "--weights", "none", "--top", "3",
+            "--batch-size", "1"]
+    outputs = []
+    for extra in ([], ["--optimize"], ["--strategy", "none", "--optimize"]):
+        keras.utils.set_random_seed(7)                     # same random weights each time
+        assert cli.main(base + extra) == 0
+        outputs.append(capsys.readouterr().out)
+    plain = [line.split()[1:] for line in outputs[0].splitlines() if line.startswith("  ")]
+    for out in outputs[1:]:
+        assert [line.split()[1:] for line in out.splitlines() if line.startswith("  ")] == plain
+    with pytest.raises(SystemExit):
+        cli.main(base[:-1] + ["0"])
+    assert "--batch-size: must be an integer >= 1; received '0'" in capsys.readouterr().err
