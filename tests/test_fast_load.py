@@ -42,7 +42,7 @@ def test_failed_load_raises_and_later_builds_are_random(tmp_path):
     model = keras_vggres.VGG11(weights=None, include_top=False, input_shape=SHAPE)
     kernel = model.get_layer("block3_conv1").kernel.numpy()   # glorot uniform: (3, 3, 128, 256)
     limit = np.sqrt(6 / (9 * 128 + 9 * 256))
-    assert np.abs(kernel).max() <= limit
+    assert np.abs(kernel).max() <= np.float32(limit)   # the bound as float32 kernels hold it
     assert abs(kernel.std() / (limit / np.sqrt(3)) - 1) < 0.05
 
 
