@@ -18,6 +18,8 @@ import math
 import keras
 import numpy as np
 
+from keras_vggres.models import _common
+
 _FOLDABLE_ACTIVATIONS = ("linear", None)
 JIT_CHOICES = ("auto", True, False)
 DEFAULT_BATCH_SIZE = 32  # keras.Model.predict's
@@ -171,27 +173,19 @@ def _fold_model(model):
             config["use_bias"] = True
         copy = layer.__class__.from_config(config)
         copies.append((layer, copy, pairs.get(id(layer))))
-        return _placeholder_kernel(copy)
+        return _common.placeholder_kernel(copy)
 
     def call_layer(layer, *args, **kwargs):
         if id(layer) in folded_bns:
             return args[0]
         return layer(*args, **kwargs)
 
-    optimized = keras.models.clone_model(model, clone_function=clone_layer,
-                                         call_function=call_layer)
+    with _common.weights_will_load():  # every copied kernel is overwritten right below
+        optimized = keras.models.clone_model(model, clone_function=clone_layer,
+                                             call_function=call_layer)
     for layer, copy, bn in copies:  # one layer at a time: no second copy of the whole model
         copy.set_weights(folded_weights(layer, bn) if bn is not None else layer.get_weights())
-        if hasattr(copy, "kernel_initializer"):
-            copy.kernel_initializer = layer.kernel_initializer
     return optimized
-
-
-def _placeholder_kernel(layer):
-    """Skip the random draw of a kernel that is overwritten right after the build."""
-    if isinstance(getattr(layer, "kernel_initializer", None), keras.initializers.Initializer):
-        layer.kernel_initializer = keras.initializers.Zeros()
-    return layer
 
 
 def folded_weights(conv, bn):

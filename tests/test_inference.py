@@ -6,6 +6,7 @@ import pytest
 
 import keras_vggres
 from keras_vggres.inference import foldable_pairs, folded_weights
+from keras_vggres.models import _common
 from tests.support.numerics import randomize_weights, rel_diff
 
 TOLERANCE = 1e-5  # relative, float32 outputs compared in float64
@@ -192,3 +193,14 @@ def test_rejects_bad_jit_compile(bad):
     model = _graph_with_unfoldable_pairs()
     with pytest.raises(TypeError, match="jit_compile"):
         keras_vggres.optimize_for_inference(model, jit_compile=bad)
+
+
+def test_copies_keep_the_originals_initializers(resnet18_top):
+    """Kernels are copied over placeholder zeros during the clone; the configs say Keras' own."""
+    optimized = keras_vggres.optimize_for_inference(resnet18_top)
+    for layer in optimized.layers:
+        if hasattr(layer, "kernel_initializer"):
+            original = resnet18_top.get_layer(layer.name).kernel_initializer
+            assert type(layer.kernel_initializer) is type(original), layer.name
+            assert not isinstance(layer.kernel_initializer, keras.initializers.Zeros)
+    assert _common._PLACEHOLDER_KERNELS.get() is None

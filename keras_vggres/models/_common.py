@@ -140,9 +140,12 @@ def weights_will_load():
             layer.kernel_initializer = initializer
 
 
-def _kernel_layer(layer):
+def placeholder_kernel(layer):
+    """Inside `weights_will_load()`, give `layer`'s kernel (if any) the placeholder initializer;
+    outside it, leave the layer alone. Returns `layer`."""
     swapped = _PLACEHOLDER_KERNELS.get()
-    if swapped is not None:
+    if swapped is not None and isinstance(getattr(layer, "kernel_initializer", None),
+                                          keras.initializers.Initializer):
         swapped.append((layer, layer.kernel_initializer))
         layer.kernel_initializer = keras.initializers.Zeros()
     return layer
@@ -150,12 +153,12 @@ def _kernel_layer(layer):
 
 def conv2d(*args, **kwargs):
     """`layers.Conv2D`; its kernel is a placeholder inside `weights_will_load()`."""
-    return _kernel_layer(layers.Conv2D(*args, **kwargs))
+    return placeholder_kernel(layers.Conv2D(*args, **kwargs))
 
 
 def dense(*args, **kwargs):
     """`layers.Dense`; its kernel is a placeholder inside `weights_will_load()`."""
-    return _kernel_layer(layers.Dense(*args, **kwargs))
+    return placeholder_kernel(layers.Dense(*args, **kwargs))
 
 
 def describe_weights_arg(weights):
