@@ -1,36 +1,120 @@
-"""All-or-nothing outputs: write to a temporary sibling, rename it over the target on success.
+"""The one all-or-nothing writer: write to a temporary sibling, rename it over the target.
 
 A crash or an exception mid-write leaves the previous file (or nothing) under the final name,
-never a half-written one, and no temporary behind. Weight files and downloads add fsyncs and a
-lock on top of this (`weights.h5`, `weights.download`).
+never a half-written one, and no temporary behind (a SIGKILL can leave a temporary; every
+temporary is named `<name>.<8 hex>.tmp<suffix>`, which `remove_leftovers` recognises).
+`fsync=True` also makes the bytes and the rename durable (weight files, downloads, run state).
+Stdlib only.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import uuid
 from contextlib import contextmanager
 
+TMP_MARK = ".tmp"
+_LEFTOVER = re.compile(r"\.[0-9a-f]{8}\.tmp")
+
+
+def temp_sibling(path, suffix=""):
+    """A fresh temporary name beside `path`, keeping `suffix` (Keras picks formats by it)."""
+    path = os.fspath(path)
+    stem = path[: -len(suffix)] if suffix and path.endswith(suffix) else path
+    return f"{stem}.{uuid.uuid4().hex[:8]}{TMP_MARK}{suffix}"
+
 
 @contextmanager
-def replacing(path, *, suffix=""):
+def replacing(path, *, suffix="", fsync=False):
     """Yield a temporary path beside `path`; it becomes `path` only if the block succeeds.
 
     Works for files and folders (a SavedModel): an existing folder at `path` is replaced.
     `suffix` is kept at the end of the temporary name for writers that choose the format from
-    it (Keras: `.keras`, `.weights.h5`).
+    it (Keras: `.keras`, `.weights.h5`; NumPy: `.npz`). With `fsync=True` the file's bytes
+    and the rename are flushed to disk before returning.
     """
     path = os.fspath(path)
-    stem = path[: -len(suffix)] if suffix and path.endswith(suffix) else path
-    tmp = f"{stem}.{uuid.uuid4().hex[:8]}.tmp{suffix}"
+    tmp = temp_sibling(path, suffix)
     try:
         yield tmp
-        if os.path.isdir(tmp) and os.path.isdir(path):
+        if fsync:
+            fsync_file(tmp)
+        if os.path.isdir(tmp) and os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path)
         os.replace(tmp, path)
+        if fsync:
+            fsync_folder(os.path.dirname(os.path.abspath(path)))
     finally:
-        if os.path.isdir(tmp) and not os.path.islink(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
-        elif os.path.lexists(tmp):
-            os.remove(tmp)
+        _remove(tmp)
+
+
+def write_bytes(path, data, *, fsync=False):
+    """Write `data` to `path` atomically; returns `path`."""
+    with replacing(path, fsync=fsync) as tmp:
+        with open(tmp, "xb") as f:
+            f.write(data)
+    return os.fspath(path)
+
+
+def write_text(path, text, *, fsync=False):
+    """Write `text` (UTF-8) to `path` atomically, creating its folder; returns `path`."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    return write_bytes(path, text.encode("utf-8"), fsync=fsync)
+
+
+def fsync_file(path):
+    """Flush a regular file's bytes to disk (folders are left alone)."""
+    if os.path.isfile(path):
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+
+
+def fsync_folder(folder):
+    """Make a rename inside `folder` durable (POSIX); platforms that cannot, skip it."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def is_leftover(name):
+    """Whether a file name is a temporary of `replacing` (left behind by a killed writer)."""
+    return bool(_LEFTOVER.search(os.path.basename(os.fspath(name))))
+
+
+def remove_leftovers(folder, *, recursive=True):
+    """Delete temporaries of killed writers under `folder`; returns the paths removed.
+
+    Only for folders owned by one writer at a time (a run folder under its lock): a live
+    writer's temporary looks the same as a dead one's.
+    """
+    removed = []
+    if not os.path.isdir(folder):
+        return removed
+    for dirpath, dirnames, filenames in os.walk(folder):
+        for name in list(dirnames) + filenames:
+            if is_leftover(name):
+                full = os.path.join(dirpath, name)
+                _remove(full)
+                removed.append(full)
+                if name in dirnames:
+                    dirnames.remove(name)
+        if not recursive:
+            break
+    return removed
+
+
+def _remove(path):
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        os.remove(path)

@@ -15,18 +15,13 @@ from contextlib import contextmanager
 import keras
 from keras import layers
 
-POOLING = (None, "avg", "max")
+from keras_vggres._checks import POOLING, check_choice  # noqa: F401 (re-exported)
+
 PRETRAINED_ACTIVATIONS = (None, "softmax", "linear")
 DATA_FORMATS = ("channels_last", "channels_first")
 MIN_SIZE = 32
 DEFAULT_SIZE = 224
 PRETRAINED_CLASSES = 1000
-
-
-def check_choice(arg, value, choices):
-    """Raise a ValueError naming `arg`, the value received and the accepted `choices`."""
-    if value not in choices:
-        raise ValueError(f"`{arg}` must be one of {choices}; received {arg}={value!r}.")
 
 
 def channel_axis():
