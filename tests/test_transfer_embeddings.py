@@ -9,7 +9,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from keras_vggres import imagenet, models
+from keras_vggres import images as images_module
+from keras_vggres import models
 from keras_vggres.transfer import embed, embed_dataset, feature_extractor, freeze
 from keras_vggres.transfer import embeddings as embeddings_module
 
@@ -101,16 +102,16 @@ def test_pooled_model_is_used_as_it_is(model, images):
 
 def test_files_are_loaded_batch_by_batch(model, image_files, monkeypatch):
     loaded = []
-    real = imagenet.load_images
+    real = images_module.load_images
 
     def spy(paths, **kwargs):
         loaded.append(len(paths))
         return real(paths, **kwargs)
 
-    monkeypatch.setattr(imagenet, "load_images", spy)
+    monkeypatch.setattr(images_module, "load_images", spy)
     result = embed(model, image_files, batch_size=2, verbose=0)
     assert loaded == [2, 2, 1]                            # streamed, never all at once
-    expected = embed(model, real(image_files, size=SIZE), verbose=0)
+    expected = embed(model, real(image_files, model=model), verbose=0)  # the weights' transform
     np.testing.assert_allclose(result, expected, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match=r"`image_size`=48 does not match the input size"):
         embed(model, image_files, image_size=48, verbose=0)

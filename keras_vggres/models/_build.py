@@ -32,8 +32,8 @@ def build(model_name, *, body, top, include_top, weights, input_tensor, input_sh
     with _common.weights_will_load() if will_load else nullcontext():
         inputs, x = _common.model_input(input_tensor, input_shape)
         if mode is not None:
-            from keras_vggres.imagenet import ImageNetPreprocessing
-            x = ImageNetPreprocessing(mode=mode, name="preprocessing")(x)
+            from keras_vggres.preprocessing import add_preprocessing
+            x = add_preprocessing(x, mode)
         x = body(x, variant)
         x = (top(x, classes, classifier_activation) if include_top
              else _common.pooled_output(x, pooling))

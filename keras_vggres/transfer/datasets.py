@@ -1,9 +1,13 @@
-"""Image-folder datasets for transfer learning: hygiene scan, split, class weights, tf.data.
+"""Image-folder datasets for transfer learning: splits, class weights, streaming tf.data pipelines.
 
 `from_folder(data_dir)` scans the folder (`keras_vggres.transfer.hygiene.scan_folder`: broken
-files are skipped and listed with reasons, odd modes are converted to RGB), splits it, and builds
-`tf.data` pipelines: parallel decode, resize of the shorter side + centre crop (the transform of
-`keras_vggres.load_images`), cache, shuffle, batch, optional augmentation, prefetch.
+files are skipped and listed with reasons), splits it, and builds `tf.data` pipelines that
+stream from disk: shuffle the file names, decode in parallel, batch, prefetch. Decoding is the
+very function `keras_vggres.load_images` uses (Pillow: EXIF orientation, odd modes to RGB,
+resize of the shorter side + centre crop, size limits), run through `tf.numpy_function`, so
+training, evaluation and inference see the same pixels, and no converted copy of any file is
+ever written. Memory does not grow with the dataset unless a cache is asked for
+(`cache="memory"` or `"disk"`).
 
 Pixel values: by default the pipelines yield raw RGB in 0-255 (float32), meant for models built
 with `include_preprocessing=True`, as `finetune` does; pass `preprocessing=<mode>`, or a model
@@ -12,26 +16,35 @@ name (+ `weights` tag) whose preprocessing should be applied in the pipeline ins
 
 from __future__ import annotations
 
-import hashlib
 import os
+import re
+import sys
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from keras_vggres._atomic import replacing
+from keras_vggres._checks import check_choice, check_int, check_number
+from keras_vggres.transfer.augment import make_augment
 from keras_vggres.transfer.hygiene import ScanReport, scan_folder
 
 RAW = "raw"
-AUGMENTATIONS = (False, None, "basic")
+SPLITS = ("train", "val", "test")
+CACHE_CHOICES = (None, False, True, "memory", "disk")
+ERROR_MARK = "keras_vggres image error"
+
+
+class ImageDataError(ValueError):
+    """An image file failed while a pipeline read it (e.g. deleted after the scan)."""
 
 
 @dataclass
 class FolderData:
-    """Train and validation pipelines of an image folder, with everything needed to rebuild them.
+    """Train, validation and test pipelines of an image folder, and what rebuilds them.
 
-    `train` yields shuffled (and augmented, if asked) batches of `(images, labels)`; `val` is
-    `None` without validation data. Labels are int32 class indices into `class_names`.
+    `train` yields shuffled (and augmented, if asked) batches of `(images, labels)`; `val` and
+    `test` are `None` without such data. Labels are int32 class indices into `class_names`.
     `class_weights` is `compute_class_weights` of the training counts (pass as `class_weight=`).
     `make(split, ...)` builds another pipeline over the same files (e.g. unshuffled, for
     embeddings).
@@ -45,8 +58,9 @@ class FolderData:
     image_size: tuple
     batch_size: int
     preprocessing: str                              # a mode name or "raw"
-    files: dict = field(default_factory=dict)       # {"train"/"val": (paths, labels)}
-    options: dict = field(default_factory=dict)     # cache / augment / seed used by `make`
+    files: dict = field(default_factory=dict)       # {split: (paths, labels)}
+    options: dict = field(default_factory=dict)     # seed / augment / cache used by `make`
+    test: object = None
 
     def count(self, split):
         return len(self.files.get(split, ((), ()))[0])
@@ -58,14 +72,15 @@ class FolderData:
     def labels(self, split):
         return np.asarray(self.files[split][1], dtype=np.int32)
 
-    def make(self, split, *, shuffle=False, augment=False, cache=False, batch_size=None):
+    def make(self, split, *, shuffle=False, augment=False, cache=None, batch_size=None):
         """A new pipeline over the files of `split` with this data's size and preprocessing
         (and batch size, unless `batch_size` is given)."""
         paths, labels = self.files[split]
         return make_pipeline(paths, labels, self.image_size, batch_size or self.batch_size,
                              shuffle=shuffle, seed=self.options.get("seed"), cache=cache,
                              augment=self.options.get("augment") if augment else None,
-                             preprocessing=self.preprocessing)
+                             preprocessing=self.preprocessing,
+                             transform=self.options.get("transform"))
 
 
 def compute_class_weights(counts):
@@ -84,12 +99,13 @@ def compute_class_weights(counts):
 
 
 def from_folder(data_dir, image_size=224, batch_size=32, validation_split=None, seed=1337,
-                weights=None, model=None, preprocessing=None, augment=False, cache=True,
-                shuffle=True, convert_dir=None):
-    """Scan `data_dir` and build its training (and validation) pipelines.
+                weights=None, model=None, preprocessing=None, augment=False, cache=None,
+                shuffle=True, transform=None, verbose=0):
+    """Scan `data_dir` and build its training (and validation / test) pipelines.
 
     Args:
-        data_dir: `root/<class>/*.jpg`, or `root/train/<class>/...` + `root/val/<class>/...`.
+        data_dir: `root/<class>/*.jpg`, or `root/train/<class>/...` + `root/val/<class>/...`
+            (+ `root/test/<class>/...`, evaluated by `finetune` once at the end).
         image_size: int or (height, width): shorter side resized to its max, then centre crop.
         batch_size: images per batch.
         validation_split: fraction of each class held out for validation (stratified, fixed by
@@ -98,66 +114,90 @@ def from_folder(data_dir, image_size=224, batch_size=32, validation_split=None, 
         seed: seed of the split, the shuffling and the augmentation.
         weights: a weights tag of `model` (its preprocessing mode is applied), or None.
         model: a model name (with `weights`, selects the preprocessing mode), a `keras.Model`
-            (raw pixels if it contains an `ImageNetPreprocessing` layer), or None.
+            (raw pixels if it preprocesses inside), or None.
         preprocessing: None (decided by `model`/`weights`; raw 0-255 without them), `"raw"`,
-            or a mode of `keras_vggres.imagenet.PREPROCESS_MODES`.
-        augment: False, `"basic"` (flip, small rotation and zoom) or a callable applied to
-            each training batch of images (0-255, before preprocessing).
-        cache: True (memory), False, or a file path prefix for `tf.data`'s file cache.
+            or a mode of `keras_vggres.transforms.PREPROCESS_MODES`.
+        augment: see `keras_vggres.transfer.augment.AUGMENTATIONS`: False, "flip", "basic",
+            "random_resized_crop", or a callable applied to each training batch (0-255).
+        cache: None / False (default: stream from disk every epoch, memory independent of the
+            dataset size), "memory" (or True: decoded images kept in RAM after the first
+            epoch), "disk" (a private temporary folder), or a file path prefix.
         shuffle: reshuffle the training set every epoch.
-        convert_dir: where files in odd modes are converted to RGB PNGs once (default: a
-            folder under the system temp dir, keyed by the data folder).
+        transform: a `keras_vggres.transforms.Transform` to decode with (default: shorter side
+            resized to the crop size, as before; `finetune` passes the weights' own ratio).
+        verbose: 1 shows the scan's progress.
 
     Returns:
         A `FolderData`.
     """
-    return from_scan(scan_folder(data_dir), image_size=image_size, batch_size=batch_size,
-                     validation_split=validation_split, seed=seed, weights=weights, model=model,
-                     preprocessing=preprocessing, augment=augment, cache=cache, shuffle=shuffle,
-                     convert_dir=convert_dir)
+    return from_scan(scan_folder(data_dir, verbose=verbose), image_size=image_size,
+                     batch_size=batch_size, validation_split=validation_split, seed=seed,
+                     weights=weights, model=model, preprocessing=preprocessing, augment=augment,
+                     cache=cache, shuffle=shuffle, transform=transform)
 
 
 def from_scan(report, *, image_size=224, batch_size=32, validation_split=None, seed=1337,
-              weights=None, model=None, preprocessing=None, augment=False, cache=True,
-              shuffle=True, convert_dir=None):
+              weights=None, model=None, preprocessing=None, augment=False, cache=None,
+              shuffle=True, transform=None):
     """`from_folder` for an existing `ScanReport` (no second scan)."""
-    from keras_vggres.imagenet import _check_size
+    from keras_vggres.images import check_size
 
-    size = _check_size("image_size", image_size)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be an integer >= 1; received {batch_size!r}.")
+    size = check_size("image_size", image_size)
+    check_int("batch_size", batch_size, low=1)
+    _check_cache(cache)
     mode = resolve_preprocessing(model=model, weights=weights, preprocessing=preprocessing)
     augment_fn = make_augment(augment, seed)
-    paths = dict(_converted_paths(report, convert_dir))
     splits = split_files(report, validation_split, seed)
-    files = {s: ([paths[f.path] for f in fs], [f.label for f in fs]) for s, fs in splits.items()}
+    files = {s: ([f.path for f in fs], [f.label for f in fs]) for s, fs in splits.items()}
     counts = np.bincount(files["train"][1], minlength=len(report.class_names))
     data = FolderData(train=None, val=None, class_names=report.class_names,
                       class_weights=compute_class_weights([int(n) for n in counts]),
                       report=report, image_size=size, batch_size=batch_size, preprocessing=mode,
-                      files=files, options={"seed": seed, "augment": augment_fn})
-    data.train = data.make("train", shuffle=shuffle, augment=augment_fn is not None, cache=cache)
+                      files=files, options={"seed": seed, "augment": augment_fn,
+                                            "transform": transform})
+    data.train = data.make("train", shuffle=shuffle, augment=augment_fn is not None,
+                           cache=_split_cache(cache, "train"))
     if "val" in files:
-        val_cache = cache if not isinstance(cache, str) else f"{cache}-val"
-        data.val = data.make("val", cache=val_cache)
+        data.val = data.make("val", cache=_split_cache(cache, "val"))
+    if "test" in files:
+        data.test = data.make("test")
     return data
 
 
+def _check_cache(cache):
+    """None/False, True/"memory", "disk", or a path prefix (any other string or PathLike)."""
+    if not (isinstance(cache, (str, os.PathLike)) or cache is None or isinstance(cache, bool)):
+        raise ValueError(f"`cache` must be one of {CACHE_CHOICES} or a file path prefix; "
+                         f"received cache={cache!r}.")
+
+
+def _split_cache(cache, split):
+    """The `cache` argument of one split's pipeline (a path prefix gets the split's name)."""
+    if cache in (None, False):
+        return None
+    if cache in (True, "memory"):
+        return "memory"
+    if cache == "disk":
+        return os.path.join(tempfile.mkdtemp(prefix="keras_vggres_cache_"), split)
+    return f"{os.fspath(cache)}-{split}"
+
+
 def split_files(report, validation_split, seed):
-    """{"train": [ImageFile], "val": [...]}: the train/val folders, or a stratified split."""
-    if validation_split is not None and (isinstance(validation_split, bool) or not isinstance(
-            validation_split, (int, float)) or not 0 < validation_split < 1):
-        raise ValueError("`validation_split` must be None or a fraction strictly between 0 and "
-                         f"1; received validation_split={validation_split!r}.")
+    """{"train": [ImageFile], "val": [...], "test": [...]}: the split folders, or a stratified
+    split of one folder of classes (a `test/` folder is never split, only passed on)."""
+    if validation_split is not None:
+        check_number("validation_split", validation_split, low=0, high=1, low_open=True,
+                     high_open=True)
+    test = {"test": list(report.files["test"])} if report.files.get("test") else {}
     if report.layout == "train/val":
         if validation_split is not None and "val" in report.files:
             raise ValueError(f"{report.root!r} already has a train/val layout; pass "
                              f"validation_split=None (received {validation_split!r}).")
         if validation_split is None:
-            return dict(report.files)
+            return {s: list(fs) for s, fs in report.files.items() if fs or s == "train"}
     files = report.files.get("all") or report.files["train"]
     if validation_split is None:
-        return {"train": list(files)}
+        return {"train": list(files), **test}
     rng = np.random.default_rng(seed)
     train, val = [], []
     for label in range(len(report.class_names)):
@@ -166,18 +206,15 @@ def split_files(report, validation_split, seed):
         n_val = min(max(int(round(len(members) * validation_split)), 1), len(members) - 1)
         val += [members[i] for i in order[:n_val]]
         train += [members[i] for i in order[n_val:]]
-    return {"train": train, "val": val}
+    return {"train": train, "val": val, **test}
 
 
 def resolve_preprocessing(*, model=None, weights=None, preprocessing=None):
     """The pipeline's preprocessing: a mode name, or "raw" (pixels stay 0-255)."""
-    from keras_vggres.imagenet import PREPROCESS_MODES
+    from keras_vggres.transforms import PREPROCESS_MODES
 
     if preprocessing is not None:
-        choices = (None, RAW) + tuple(PREPROCESS_MODES)
-        if preprocessing not in choices:
-            raise ValueError(f"`preprocessing` must be one of {choices}; received "
-                             f"preprocessing={preprocessing!r}.")
+        check_choice("preprocessing", preprocessing, (None, RAW) + tuple(PREPROCESS_MODES))
         return preprocessing
     if model is None:
         if weights is not None:
@@ -193,119 +230,117 @@ def resolve_preprocessing(*, model=None, weights=None, preprocessing=None):
         return pretrained.preprocessing_mode(name, True, pretrained.resolve(name, weights), None)
     if has_preprocessing_layer(model):
         return RAW
-    raise ValueError(f"Model {getattr(model, 'name', model)!r} has no ImageNetPreprocessing layer;"
-                     f" pass preprocessing= one of {(RAW,) + tuple(PREPROCESS_MODES)}.")
+    raise ValueError(f"Model {getattr(model, 'name', model)!r} has no ImageNetPreprocessing layer"
+                     " (nor the builders' `preprocessing` layer of include_preprocessing=True); "
+                     f"pass preprocessing= one of {(RAW,) + tuple(PREPROCESS_MODES)}.")
 
 
 def has_preprocessing_layer(model):
-    """Whether `model` (or a nested model) contains an `ImageNetPreprocessing` layer."""
-    from keras_vggres.imagenet import ImageNetPreprocessing
+    """Whether `model` (or a nested model) preprocesses its raw RGB 0-255 input itself."""
+    from keras_vggres.preprocessing import preprocessing_layer
 
-    stack = list(getattr(model, "layers", ()))
-    while stack:
-        layer = stack.pop()
-        if isinstance(layer, ImageNetPreprocessing):
-            return True
-        stack += list(getattr(layer, "layers", ()))
-    return False
-
-
-def make_augment(augment, seed):
-    """None, or a function `images -> images` for training batches (values 0-255)."""
-    if augment in (False, None):
-        return None
-    if callable(augment):
-        return augment
-    if augment != "basic":
-        raise ValueError(f"`augment` must be False, 'basic' or a callable; received "
-                         f"augment={augment!r}.")
-    import keras
-
-    return keras.Sequential([
-        keras.layers.RandomFlip("horizontal", seed=seed),
-        keras.layers.RandomRotation(0.05, fill_mode="reflect", seed=seed),
-        keras.layers.RandomZoom(0.1, fill_mode="reflect", seed=seed),
-    ], name="basic_augmentation")
+    return preprocessing_layer(model) is not None
 
 
 def make_pipeline(paths, labels, image_size, batch_size, *, shuffle, seed, cache, augment,
-                  preprocessing):
-    """tf.data: decode (parallel) -> cache -> shuffle -> batch -> augment -> preprocess ->
-    prefetch. Without a cache, file names are shuffled before decoding instead."""
+                  preprocessing, transform=None):
+    """tf.data: shuffle names -> decode (parallel, Pillow) -> [cache] -> batch -> [augment] ->
+    [preprocess] -> prefetch. With a cache, the shuffle moves after it (decoded images)."""
     import tensorflow as tf
 
+    from keras_vggres.transfer.augment import DecodeTimeAugment
+
     autotune = tf.data.AUTOTUNE
-    ds = tf.data.Dataset.from_tensor_slices((list(paths), np.asarray(labels, np.int32)))
-    if shuffle and not cache:  # without a cache, shuffling file names is enough and cheap
+    per_image = augment if isinstance(augment, DecodeTimeAugment) else None
+    batch_augment = None if per_image is not None else augment
+    if per_image is not None:
+        cache = None  # a cache would freeze the random crops of the first epoch
+    ds = tf.data.Dataset.from_tensor_slices(
+        ([os.fsencode(os.fspath(p)) for p in paths], np.asarray(labels, np.int32)))
+    if shuffle and not cache:
         ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
-    # Every file was fully decoded once by the scan (odd ones re-encoded as RGB PNGs), so
-    # decoding here cannot fail mid-epoch unless a file changes after the scan.
-    ds = ds.map(lambda p, y: (decode_resize(p, image_size), y), num_parallel_calls=autotune)
+    decode = decoder(image_size, transform, per_image)
+    if per_image is not None:
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+        ds = tf.data.Dataset.zip((ds, seeds)).map(
+            lambda item, s: (decode(item[0], s), item[1]), num_parallel_calls=autotune)
+    else:
+        ds = ds.map(lambda p, y: (decode(p), y), num_parallel_calls=autotune)
     if cache:
-        ds = ds.cache("" if cache is True else os.fspath(cache))
+        ds = ds.cache("" if cache == "memory" else os.fspath(cache))
     if shuffle and cache:
         ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
-    if augment is not None:
-        ds = ds.map(lambda x, y: (augment(x), y), num_parallel_calls=autotune)
+    if batch_augment is not None:
+        ds = ds.map(lambda x, y: (batch_augment(x), y), num_parallel_calls=autotune)
     if preprocessing != RAW:
-        from keras_vggres.imagenet import preprocess_input
+        from keras_vggres.preprocessing import preprocess_input
 
         ds = ds.map(lambda x, y: (preprocess_input(x, mode=preprocessing), y),
                     num_parallel_calls=autotune)
     return ds.prefetch(autotune)
 
 
-def decode_resize(path, image_size):
-    """Read an RGB JPEG/PNG/BMP file; shorter side -> max(size), centre crop; float32 0-255."""
+def decoder(image_size, transform=None, augment=None):
+    """A TensorFlow function `path (bytes) [, seed] -> float32 (h, w, 3)` that runs
+    `keras_vggres.images.load_image` (or the decode-time augmentation) on the host."""
     import tensorflow as tf
 
-    img = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-    img.set_shape([None, None, 3])
-    shape = tf.cast(tf.shape(img)[:2], tf.float64)
+    from keras_vggres.images import load_image
+    from keras_vggres.transforms import Transform
+
     crop_h, crop_w = image_size
-    scale = float(max(image_size)) / tf.reduce_min(shape)
-    new = tf.cast(tf.math.floor(shape * scale), tf.int32)
-    new = tf.maximum(new, [crop_h, crop_w])  # guard against rounding just below the crop
-    img = tf.image.resize(img, new, method="bilinear", antialias=True)
-    top = tf.cast(tf.round((new[0] - crop_h) / 2), tf.int32)
-    left = tf.cast(tf.round((new[1] - crop_w) / 2), tf.int32)
-    img = img[top:top + crop_h, left:left + crop_w]
-    img.set_shape([crop_h, crop_w, 3])
-    return img
+    transform = transform or Transform(max(image_size), tuple(image_size))
+
+    def load(path):
+        with _marked_errors():
+            return load_image(_host_path(path), transform)
+
+    def load_augmented(path, seed):
+        with _marked_errors():
+            return augment.load(_host_path(path), transform, int(seed))
+
+    def decode(path, seed=None):
+        if augment is None:
+            img = tf.numpy_function(load, [path], tf.float32, stateful=False)
+        else:
+            img = tf.numpy_function(load_augmented, [path, seed], tf.float32, stateful=False)
+        img.set_shape([crop_h, crop_w, 3])
+        return img
+
+    return decode
 
 
-def _converted_paths(report, convert_dir):
-    """Yield (original path, path to read): odd files are converted once to RGB PNGs."""
-    folder = None
-    for files in report.files.values():
-        for f in files:
-            if not f.convert:
-                yield f.path, f.path
-                continue
-            if folder is None:
-                folder = convert_dir or os.path.join(
-                    tempfile.gettempdir(), "keras_vggres_rgb",
-                    hashlib.sha1(report.root.encode()).hexdigest()[:12])
-                os.makedirs(folder, exist_ok=True)
-            yield f.path, convert_to_rgb_png(f.path, folder)
+@contextmanager
+def _marked_errors():
+    """Inside tf.data: tag our errors so `data_errors` can find their message again."""
+    try:
+        yield
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{ERROR_MARK}: {err}") from None
 
 
-def convert_to_rgb_png(path, folder):
-    """Convert `path` to an 8-bit RGB PNG in `folder` (once: keyed by path, size and mtime)."""
-    from PIL import Image
+@contextmanager
+def data_errors():
+    """Turn a pipeline's failure on an image file (TensorFlow wraps it in a long op error)
+    into one `ImageDataError` naming the file and the problem."""
+    try:
+        yield
+    except Exception as err:  # only TensorFlow op errors carrying our mark are rewritten
+        tf = sys.modules.get("tensorflow")
+        found = re.search(re.escape(ERROR_MARK) + r": ([^\n]*)", str(err))
+        if tf is None or not isinstance(err, tf.errors.OpError) or found is None:
+            raise
+        raise ImageDataError(f"An image failed while it was read for training: "
+                             f"{found.group(1)} (did the folder change after the scan? Run "
+                             "again: the scan skips files that no longer load).") from None
 
-    from keras_vggres.imagenet import _open_rgb
 
-    stat = os.stat(path)
-    key = hashlib.sha1(f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}".encode())
-    target = os.path.join(folder, key.hexdigest()[:20] + ".png")
-    if os.path.exists(target):
-        return target
-    img = _open_rgb(path)
-    if img.mode == "F":  # 16-bit data scaled to 0-255 floats
-        gray = np.clip(np.rint(np.asarray(img)), 0, 255).astype(np.uint8)
-        img = Image.fromarray(gray, "L").convert("RGB")
-    with replacing(target) as tmp:
-        img.save(tmp, format="PNG")
-    return target
+def _host_path(value):
+    """The file name a numpy_function receives (bytes, maybe in a 0-d array) as a str."""
+    return os.fsdecode(value.item() if isinstance(value, np.ndarray) else value)
+
+
+def decode_resize(path, image_size, transform=None):
+    """One file -> float32 (h, w, 3) tensor, exactly as the pipelines decode it."""
+    return decoder(tuple(image_size), transform)(os.fsencode(os.fspath(path)))

@@ -1,8 +1,9 @@
 """Pooled embeddings (N, D) of images through a backbone: arrays, image files or tf.data, cached.
 
-Images are fed to the model as they are. For image files (loaded as RGB 0-255 by
-`keras_vggres.imagenet.load_images`) use a model built with `include_preprocessing=True`, or
-preprocess arrays yourself and pass the array.
+Images are fed to the model as they are. Image files are loaded as RGB 0-255 by
+`keras_vggres.load_images` with the model's own eval transform (`weights_info(model)`, scaled
+to its input size): use a model built with `include_preprocessing=True`, or preprocess arrays
+yourself and pass the array.
 
 The on-disk cache (`cache_dir`) holds one `.npz` per key (`embeddings`, `labels` when the
 input has labels, and the key itself, checked on read). The key is the SHA-256 of a JSON record
@@ -11,9 +12,9 @@ of everything the numbers depend on:
 - `model`: the model name; `architecture`: a hash of every layer's class and config (names and
   `trainable` left out, so freezing or a new session does not invalidate it);
 - `weights`: the caller's `weights_id`, else a hash of every weight's shape, dtype and bytes;
-- `preprocessing`: the modes of the model's `ImageNetPreprocessing` layers; `pooling`;
+- `preprocessing`: the mode of the model's in-model preprocessing, if any; `pooling`;
 - `data`: an array's shape, dtype and bytes hash; for image files each absolute path, size and
-  modification time (ns) plus the load size; for a `tf.data.Dataset` (whose contents cannot be
+  modification time (ns) plus the load transform; for a `tf.data.Dataset` (whose contents cannot be
   hashed without reading it) its element spec and the caller's `cache_key`, required then;
 - `cache_key`: the caller's extra string, also used as the file-name prefix.
 
@@ -35,12 +36,13 @@ from typing import Callable
 import keras
 import numpy as np
 
-from keras_vggres import imagenet
+from keras_vggres import images as image_files
 from keras_vggres._atomic import replacing
+from keras_vggres._checks import VERBOSITY, check_choice, check_int
+from keras_vggres._progress import Progress
 from keras_vggres.transfer import heads
 
-CACHE_VERSION = 1
-VERBOSE = ("auto", 0, 1, 2)
+CACHE_VERSION = 2
 _IGNORED_CONFIG_KEYS = ("name", "trainable")
 
 
@@ -63,7 +65,7 @@ def embed(model, images_or_dataset, batch_size=32, pooling="avg", cache_dir=None
             pooled (`pooling="avg"`/`"max"` at build time). A model with a classifier top
             raises a ValueError: build the backbone with `include_top=False`.
         images_or_dataset: a NumPy array (N, H, W, 3); a list of image file paths, loaded
-            `batch_size` at a time with `keras_vggres.imagenet.load_images` (never all at once);
+            `batch_size` at a time with `keras_vggres.load_images` (never all at once);
             or a `tf.data.Dataset` of images or `(images, labels)` (batched or not).
         batch_size: images per forward pass (arrays, files and unbatched datasets; a batched
             dataset keeps its own batches).
@@ -72,21 +74,20 @@ def embed(model, images_or_dataset, batch_size=32, pooling="avg", cache_dir=None
         cache_dir: folder for the on-disk cache (see the module docstring); None: no cache.
         cache_key: extra string mixed into the cache key and used as file-name prefix (e.g.
             `"train"`); required to cache a `tf.data.Dataset`.
-        verbose: `"auto"` or 1 (progress bar), 2 (one line at the end), 0 (silent).
+        verbose: `"auto"` (a progress bar in a terminal or notebook, silent in CI logs), 1
+            (progress bar), 2 (one line at the end), 0 (silent).
         return_labels: also return the labels of a `(images, labels)` dataset.
         weights_id: a string identifying the weights (e.g. a tag and checkpoint hash); skips
             hashing the weight bytes for the cache key.
         image_size: load size of image files, int or (height, width); default: the model's
-            static input size, else 224.
+            static input size, else its weights' crop size. Files go through the weights'
+            own eval transform (resize ratio and interpolation), scaled to this size.
 
     Returns:
         `embeddings` (float32, (N, D)), or `(embeddings, labels)` with `return_labels=True`.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be an integer >= 1; received batch_size="
-                         f"{batch_size!r}.")
-    if verbose not in VERBOSE or isinstance(verbose, float):
-        raise ValueError(f"`verbose` must be one of {VERBOSE}; received verbose={verbose!r}.")
+    check_int("batch_size", batch_size, low=1)
+    check_choice("verbose", verbose, VERBOSITY)
     forward = pooled_model(model, pooling)
     source = _make_source(images_or_dataset, batch_size, model, image_size)
     if return_labels and not source.has_labels:
@@ -99,7 +100,7 @@ def embed(model, images_or_dataset, batch_size=32, pooling="avg", cache_dir=None
         cached = _read_cache(path, key)
         if cached is not None:
             return cached if return_labels else cached[0]
-    embeddings, labels = _compute(forward, source, 1 if verbose == "auto" else int(verbose))
+    embeddings, labels = _compute(forward, source, verbose)
     if path is not None:
         _write_cache(path, key, embeddings, labels)
     return (embeddings, labels) if return_labels else embeddings
@@ -141,7 +142,7 @@ def _make_source(data, batch_size, model, image_size):
                          f"image_size={image_size!r} with a {type(data).__name__}.")
     if is_files:
         return _file_source([os.fspath(p) for p in data], batch_size,
-                            _load_size(model, image_size))
+                            load_transform(model, image_size))
     if isinstance(data, np.ndarray):
         return _array_source(data, batch_size)
     if _is_dataset(data):
@@ -167,17 +168,19 @@ def _array_source(images, batch_size):
     return _Source(len(images), False, identity, batches)
 
 
-def _file_source(paths, batch_size, load_size):
+def _file_source(paths, batch_size, transform):
     def identity():
         files = []
         for path in paths:
             info = os.stat(path)
             files.append([os.path.abspath(path), info.st_size, info.st_mtime_ns])
-        return {"kind": "files", "size": list(load_size), "files": files}
+        return {"kind": "files", "transform": transform.as_dict(), "files": files}
 
     def batches():
         for start in range(0, len(paths), batch_size):
-            yield imagenet.load_images(paths[start:start + batch_size], size=load_size), None
+            yield image_files.load_images(
+                paths[start:start + batch_size], size=transform.crop_size,
+                resize=transform.resize, interpolation=transform.interpolation), None
 
     return _Source(len(paths), False, identity, batches)
 
@@ -214,20 +217,24 @@ def _is_dataset(data):
     return isinstance(data, tf.data.Dataset)
 
 
-def _load_size(model, image_size):
-    """(height, width) for loading image files: `image_size`, the model's input size or 224."""
+def load_transform(model, image_size=None):
+    """The eval transform for loading files into `model`: its weights' own (`weights_info`),
+    at `image_size` or the model's static input size."""
+    from keras_vggres.weights.info import scaled_to, weights_info
+
     shape = tuple(model.inputs[0].shape) if getattr(model, "inputs", None) else ()
     channels_first = keras.config.image_data_format() == "channels_first"
     spatial = tuple(shape[2:4] if channels_first else shape[1:3])
     static = len(spatial) == 2 and all(isinstance(dim, int) for dim in spatial)
+    own = weights_info(model).transform
     if image_size is None:
-        return spatial if static else (imagenet.DEFAULT_SIZE, imagenet.DEFAULT_SIZE)
-    size = imagenet._check_size("image_size", image_size)
+        return scaled_to(own, spatial if static else own.crop_size)
+    size = image_files.check_size("image_size", image_size)
     if static and size != spatial:
         raise ValueError(f"`image_size`={image_size!r} does not match the input size {spatial} "
                          f"of model {model.name!r}; leave it None or build the model with "
                          "input_shape=(None, None, 3).")
-    return size
+    return scaled_to(own, size)
 
 
 # ----------------------------------------------------------------------------- the forward pass
@@ -238,7 +245,7 @@ def _compute(forward, source, verbose):
     dropped from the output: every call has one shape, so the predict function is traced once
     instead of twice (a second trace of ResNet18 costs as much as a few hundred images).
     """
-    bar = keras.utils.Progbar(source.count, verbose=verbose, unit_name="image") if verbose else None
+    bar = Progress("Embedding", source.count, verbose=verbose, unit="images")
     chunks, labels, done, full = [], [], 0, None
     for images, batch_labels in source.batches():
         if not np.issubdtype(images.dtype, np.floating):
@@ -252,12 +259,10 @@ def _compute(forward, source, verbose):
         if batch_labels is not None:
             labels.append(batch_labels)
         done += count
-        if bar is not None:
-            bar.update(done)
+        bar.update(done)
+    bar.close()
     if not chunks:
         raise ValueError("There are no images to embed (the dataset is empty).")
-    if bar is not None and source.count is None:
-        bar.update(done, finalize=True)
     return np.concatenate(chunks), (np.concatenate(labels) if labels else None)
 
 
@@ -277,8 +282,7 @@ def cache_record(model, pooling, source, cache_key, weights_id):
         "architecture": _hash_bytes([json.dumps(_signature(model), sort_keys=True,
                                                 default=str).encode()]),
         "weights": str(weights_id) if weights_id is not None else weights_hash(model),
-        "preprocessing": [layer.mode for layer in _walk(model)
-                          if isinstance(layer, imagenet.ImageNetPreprocessing)],
+        "preprocessing": _preprocessing_mode(model),
         "pooling": heads.output_pooling(model) or pooling,
         "data": identity,
         "cache_key": cache_key,
@@ -327,11 +331,11 @@ def _write_cache(path, record, embeddings, labels):
         np.savez(f, **arrays)
 
 
-def _walk(model):
-    for layer in model.layers:
-        yield layer
-        if isinstance(layer, keras.Model):
-            yield from _walk(layer)
+def _preprocessing_mode(model):
+    from keras_vggres.preprocessing import mode_of_layer, preprocessing_layer
+
+    layer = preprocessing_layer(model)
+    return None if layer is None else mode_of_layer(layer)
 
 
 def _signature(layer):
@@ -356,3 +360,43 @@ def _hash_bytes(chunks):
 
 def _slug(text):
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text))[:64]
+
+
+# ----------------------------------------------------------------------------- for finetune
+def embed_splits(backbone, data, splits, *, batch_size, cache_dir=None, cache_key=None):
+    """{split: (embeddings, labels)} of a `FolderData` from ONE `embed_dataset` pass over the
+    splits in order (one pooled model and one set of traces instead of one per split).
+
+    `cache_key` should identify the data's contents (e.g. its fingerprint): a dataset cannot
+    be hashed without reading it.
+    """
+    import tensorflow as tf
+
+    splits = [s for s in splits if data.count(s)]
+    dataset = None
+    for split in splits:
+        part = data.make(split).unbatch()
+        dataset = part if dataset is None else dataset.concatenate(part)
+    total = sum(data.count(s) for s in splits)
+    dataset = dataset.batch(batch_size).apply(  # unbatch() hides the size; Keras wants it
+        tf.data.experimental.assert_cardinality(-(-total // batch_size)))
+    key = "+".join(splits) + (f"-{cache_key}" if cache_key else "")
+    x, y = embed_dataset(backbone, dataset, pooling="avg", cache_dir=cache_dir,
+                         cache_key=key, verbose=0)
+    out, start = {}, 0
+    for split in splits:
+        end = start + data.count(split)
+        out[split] = (x[start:end], y[start:end])
+        start = end
+    return out
+
+
+def feature_dataset(features, labels, batch_size, *, shuffle=False, seed=None):
+    """tf.data over in-memory embeddings: `fit` on it has a fraction of the per-epoch
+    overhead of `fit` on NumPy arrays (which matters when an epoch takes milliseconds)."""
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((features, labels))
+    if shuffle:
+        ds = ds.shuffle(len(features), seed=seed, reshuffle_each_iteration=True)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)

@@ -1,14 +1,17 @@
 """The end of a fine-tuning run: evaluate the best model, export it, write the summary.
 
-Outputs in the run folder: `model.keras` (the best epoch's weights, not compiled: it loads
-wherever `keras_vggres` is imported, for inference or a new `compile`) and `saved_model/`
-(TensorFlow SavedModel, endpoint "serve"), both taking raw RGB 0-255 images; `best.keras`
-(with optimizer state, to continue training), `metrics.csv`, `summary.json`,
-`confusion_matrix.png`, `curves.png`, `hygiene.txt`/`.json`.
+Outputs in the run folder: `model.keras` (the best epoch's weights, not compiled, with the run's
+class names and weights record inside: it loads with plain `keras.models.load_model`, and with
+`keras_vggres.transfer.load_run` for predictions with class names), `saved_model/` (TensorFlow
+SavedModel: endpoint `serve` -> probabilities, `classify` -> probabilities + class names), both
+taking raw RGB 0-255 images; `run.json` (class names, weights record, image size: what
+`load_run` reads), `best.keras` (with optimizer state, to continue training), `metrics.csv`,
+`summary.json`, `confusion_matrix.png`, `curves.png`, `hygiene.txt`/`.json`.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -17,15 +20,17 @@ from dataclasses import dataclass, field
 import keras
 import numpy as np
 
-from keras_vggres._atomic import replacing
+from keras_vggres._atomic import remove_leftovers, write_text
+from keras_vggres.saving import export_saved_model, save_model
 from keras_vggres.transfer import report as reporting
-from keras_vggres.transfer.runstate import best_so_far, save_atomically
+from keras_vggres.transfer.callbacks import best_so_far
 
 PHASES = ("head", "finetune")
+RUN_FILE = "run.json"
 FILES = {"model_path": "model.keras", "saved_model_path": "saved_model",
          "best_model_path": "best.keras", "metrics_path": "metrics.csv",
          "summary_path": "summary.json", "confusion_png": "confusion_matrix.png",
-         "curves_png": "curves.png", "hygiene_path": "hygiene.txt"}
+         "curves_png": "curves.png", "hygiene_path": "hygiene.txt", "run_path": RUN_FILE}
 
 
 @dataclass
@@ -42,20 +47,23 @@ class FinetuneResult:
     confusion_png: str
     curves_png: str
     hygiene_path: str
+    run_path: str                   # run.json: class names + weights record
     class_names: tuple
     best_val_accuracy: float | None  # best monitored value (val_accuracy, else accuracy)
     val_accuracy: float | None       # of the exported model on the validation set
     epochs: dict                     # {"head": n, "finetune": m} over all attempts
     resumed: bool
+    test_accuracy: float | None = None  # of the exported model on `test/`, when present
     history: dict = field(default_factory=dict)
     summary: dict = field(default_factory=dict)
 
     def __str__(self):
         s = self.summary
+        test = "" if self.test_accuracy is None else f", test accuracy {_fmt(self.test_accuracy)}"
         lines = [f"Fine-tuned {s['model']} (weights={s['weights']}) on {len(self.class_names)} "
                  f"classes: best {s['monitor']} {_fmt(self.best_val_accuracy)}, exported model "
-                 f"{s['final']['split']} accuracy {_fmt(self.val_accuracy)}, epochs {self.epochs}"
-                 + (" (resumed)" if self.resumed else "")]
+                 f"{s['final']['split']} accuracy {_fmt(self.val_accuracy)}{test}, epochs "
+                 f"{self.epochs}" + (" (resumed)" if self.resumed else "")]
         lines += [f"  {key}: {getattr(self, key)}" for key in FILES]
         return "\n".join(lines)
 
@@ -64,66 +72,85 @@ def _fmt(value):
     return "n/a" if value is None else f"{value:.4f}"
 
 
-def finish(ctx):
-    """Best weights -> evaluation, exports, PNGs, summary; mark the run complete."""
-    run, data, model = ctx.run, ctx.data, ctx.model
+def finish(run, data, model, settings, *, monitor, timings, info):
+    """Best weights -> evaluation (validation, then test once), exports, PNGs, summary; mark
+    the run complete and remove what only a resume needs.
+
+    Args:
+        run: the `RunState`; data: the `FolderData`; model: the trained classifier;
+        settings: the run's settings; monitor: the metric that chose the best epoch;
+        timings: seconds per step so far (updated); info: the `WeightsInfo` to export with
+        the run's class names.
+    """
     start = time.perf_counter()
     if os.path.exists(run.file("best.keras")):  # weights only: its optimizer may be another's
         model.set_weights(keras.models.load_model(run.file("best.keras"),
                                                   compile=False).get_weights())
     split = "val" if data.count("val") else "train"
-    probs = model.predict(data.make(split), verbose=0)
-    y_true, y_pred = data.labels(split), np.argmax(probs, axis=-1)
-    cm = reporting.confusion_matrix(y_true, y_pred, len(data.class_names))
-    final = keras.Model(model.inputs[0], model.outputs[0], name=model.name)  # uncompiled twin
-    save_atomically(final, run.file("model.keras"))
-    export_saved_model(final, run.file("saved_model"))
+    final = evaluate(model, data, split)
+    test = evaluate(model, data, "test") if data.count("test") else None
+    exported = keras.Model(model.inputs[0], model.outputs[0], name=model.name)  # uncompiled
+    info = info.replace(class_names=tuple(data.class_names))
+    save_model(exported, run.file("model.keras"), info=info)
+    export_saved_model(exported, run.file("saved_model"), class_names=data.class_names)
+    write_text(run.file(RUN_FILE), json.dumps(
+        {"class_names": list(data.class_names), "image_size": settings["image_size"],
+         "input": "raw RGB 0-255 (preprocessing inside the model)", "weights": info.as_dict(),
+         "model_file": FILES["model_path"], "saved_model": FILES["saved_model_path"]},
+        indent=2) + "\n", fsync=True)
     rows = reporting.read_metrics(run.file("metrics.csv"))
-    reporting.save_confusion_png(cm, data.class_names, run.file("confusion_matrix.png"),
+    reporting.save_confusion_png(np.asarray(final["confusion_matrix"]), data.class_names,
+                                 run.file("confusion_matrix.png"),
                                  title=f"Confusion matrix ({split})")
     reporting.save_curves_png(rows, run.file("curves.png"))
-    ctx.timings["finish"] = round(time.perf_counter() - start, 3)
-    summary = _summary(ctx, cm, split, float(np.mean(y_true == y_pred)), rows)
+    timings["finish"] = round(time.perf_counter() - start, 3)
+    summary = _summary(run, data, settings, monitor, timings, final, test, rows)
     reporting.write_json(run.file("summary.json"), summary)
     run.mark_complete()
-    _tidy(run)
+    tidy(run)
     return result(run, summary, history=_history(rows, run.attempt))
 
 
-def export_saved_model(model, path):
-    """`model.export(path)` (TensorFlow SavedModel, endpoint "serve") via a temporary folder."""
-    with replacing(path) as tmp:
-        model.export(tmp, verbose=False)
-    return path
+def evaluate(model, data, split):
+    """Accuracy, loss-free confusion matrix and per-class metrics of `model` on one split."""
+    probs = model.predict(data.make(split), verbose=0)
+    y_true, y_pred = data.labels(split), np.argmax(probs, axis=-1)
+    cm = reporting.confusion_matrix(y_true, y_pred, len(data.class_names))
+    return {"split": split, "images": int(len(y_true)),
+            "accuracy": float(np.mean(y_true == y_pred)), "confusion_matrix": cm.tolist(),
+            "per_class": reporting.per_class_metrics(cm, data.class_names)}
 
 
 def result(run, summary, history):
     """A `FinetuneResult` from a run folder and its summary."""
+    test = summary.get("test")
     return FinetuneResult(out_dir=run.out_dir, **{k: run.file(v) for k, v in FILES.items()},
                           class_names=tuple(summary["classes"]),
                           best_val_accuracy=summary["best_val_accuracy"],
                           val_accuracy=summary["final"]["accuracy"], epochs=summary["epochs"],
-                          resumed=run.resumed, history=history, summary=summary)
+                          resumed=run.resumed, test_accuracy=test and test["accuracy"],
+                          history=history, summary=summary)
 
 
-def _summary(ctx, cm, split, accuracy, rows):
-    run, data, s = ctx.run, ctx.data, ctx.settings
+def _summary(run, data, settings, monitor, timings, final, test, rows):
     phases = {p: run.phase(p) for p in PHASES}
     return {
-        "model": s["model"], "weights": s["weights"], "image_size": s["image_size"],
+        "model": settings["model"], "weights": settings["weights"],
+        "image_size": settings["image_size"],
         "input": "raw RGB 0-255 (preprocessing inside the model)",
         "classes": list(data.class_names),
         "counts": {part: np.bincount(data.labels(part), minlength=len(data.class_names))
-                   .tolist() for part in ("train", "val") if data.count(part)},
-        "class_weights": {data.class_names[i]: w for i, w in data.class_weights.items()},
+                   .tolist() for part in ("train", "val", "test") if data.count(part)},
+        "class_weights": ({data.class_names[i]: w for i, w in data.class_weights.items()}
+                          if settings["class_weights"] else None),
         "epochs": {p: phases[p].get("epochs", 0) for p in PHASES},
         "head_on_embeddings": bool(phases["head"].get("embeddings", False)),
-        "monitor": ctx.monitor,
-        "best_val_accuracy": best_so_far(run.file("metrics.csv"), ctx.monitor),
-        "final": {"split": split, "accuracy": accuracy, "confusion_matrix": cm.tolist(),
-                  "per_class": reporting.per_class_metrics(cm, data.class_names)},
-        "timings_s": {**{p: phases[p]["seconds"] for p in PHASES}, **ctx.timings},
-        "attempts": run.attempt, "epochs_logged": len(rows), "settings": s,
+        "monitor": monitor,
+        "best_val_accuracy": best_so_far(run.file("metrics.csv"), monitor),
+        "final": final,
+        "test": test,
+        "timings_s": {**{p: phases[p]["seconds"] for p in PHASES}, **timings},
+        "attempts": run.attempt, "epochs_logged": len(rows), "settings": settings,
         "hygiene": {"counts": data.report.counts, "skipped": len(data.report.skipped),
                     "warnings": len(data.report.warnings),
                     "converted": len(data.report.converted), "report": "hygiene.txt"},
@@ -144,8 +171,9 @@ def _history(rows, attempt):
     return {k: [r.get(k) for r in mine] for k in keys}
 
 
-def _tidy(run):
-    """Drop what only a resume needs: per-phase weights, embeddings, empty backup folders."""
+def tidy(run):
+    """Drop what only a resume needs (per-phase weights, embeddings, backups) and any
+    temporary a killed writer left."""
     shutil.rmtree(run.file("embeddings"), ignore_errors=True)
     for phase in PHASES:
         name = run.phase(phase).get("weights")
@@ -154,3 +182,4 @@ def _tidy(run):
     backup = run.file("backup")
     if os.path.isdir(backup) and not any(os.scandir(backup)):
         os.rmdir(backup)
+    remove_leftovers(run.out_dir)

@@ -230,3 +230,14 @@ def feature_extractor(model, stages=None, layers=None):
 def single_input(inputs):
     """A one-input model's input tensor itself (Keras warns when given a one-item list)."""
     return inputs[0] if len(inputs) == 1 else inputs
+
+
+def build_classifier(model_name, weights, image_size, num_classes, dropout):
+    """A registered backbone with its preprocessing inside (raw RGB 0-255 input) + a pooled
+    softmax head: the model `finetune` trains."""
+    from keras_vggres.registry import get_model
+
+    backbone = get_model(model_name, include_top=False, weights=weights,
+                         input_shape=(image_size, image_size, 3), include_preprocessing=True)
+    return classifier(backbone, num_classes, pooling="avg", dropout=dropout,
+                      name=f"{model_name}_classifier")

@@ -1,42 +1,96 @@
-"""A resumable run folder: settings + phase progress in `state.json`, atomic best checkpoints.
+"""A resumable run folder: settings, data fingerprint and phase progress in `state.json`.
 
-`finetune` trains in phases; each phase is one `fit` backed up by `BackupAndRestore` in its own
-folder (`backup/<phase>`), and marked done here (with its weights saved) when it ends. A run
-restarted with the same `out_dir` and settings skips finished phases and continues the current
-one at the epoch after the last finished one.
+`finetune` trains in phases; each phase is one `fit` backed up by a crash-consistent
+`callbacks.AtomicBackupAndRestore` in its own folder (`backup/<phase>`), and marked done here
+(with its weights saved) when it ends. A run restarted with the same `out_dir`, settings and
+data skips finished phases and continues the current one at the epoch after the last finished
+one. One process at a time owns a run folder (an exclusive lock on `.lock`); on every start the
+temporaries a killed writer left behind are removed.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 
-import keras
-
-from keras_vggres._atomic import replacing
-from keras_vggres.transfer.report import read_json, read_metrics, write_json
+from keras_vggres._atomic import remove_leftovers, write_text
+from keras_vggres.transfer import fingerprint
+from keras_vggres.transfer.callbacks import (BestModelCheckpoint,  # noqa: F401 (re-exported)
+                                             ResumableEarlyStopping, best_so_far,
+                                             save_atomically)
 
 STATE_FILE = "state.json"
+DATA_FILES = "data_files.json"
+LOCK_FILE = ".lock"
 # Settings that may change between attempts of one run without invalidating it.
 VOLATILE_SETTINGS = ("verbose",)
+# What `restart=True` removes (everything a run writes; nothing else in the folder).
+RUN_ENTRIES = (STATE_FILE, DATA_FILES, "metrics.csv", "summary.json", "run.json",
+               "model.keras", "best.keras", "saved_model", "confusion_matrix.png", "curves.png",
+               "hygiene.json", "hygiene.txt", "head.weights.h5", "finetune.weights.h5",
+               "backup", "embeddings", "workers", "exports")
+
+
+class RunFolderBusyError(RuntimeError):
+    """Another process holds the run folder's lock."""
 
 
 class RunState:
-    """The `state.json` of a run folder: settings, attempt counter, per-phase status."""
+    """The `state.json` of a run folder: settings, data fingerprint, attempts, phase status.
 
-    def __init__(self, out_dir, settings):
+    Args:
+        out_dir: the run folder (created).
+        settings: JSON-able settings that identify the run; a resume must have the same.
+        files: the data folder's `fingerprint.folder_files` listing, or None.
+        restart: remove an earlier run's files from `out_dir` and start over.
+        lock: take the folder's exclusive lock (False for read-only use in tests).
+    """
+
+    def __init__(self, out_dir, settings, *, files=None, restart=False, lock=True):
         self.out_dir = os.path.abspath(os.fspath(out_dir))
         self.path = os.path.join(self.out_dir, STATE_FILE)
         os.makedirs(self.out_dir, exist_ok=True)
+        self._lock_fd = _lock(self.file(LOCK_FILE)) if lock else None
+        if restart:
+            clear(self.out_dir)
+        remove_leftovers(self.out_dir)
+        settings = dict(settings)
+        if files is not None:
+            settings["data_fingerprint"] = fingerprint.digest(files)
         if os.path.exists(self.path):
-            self.state = read_json(self.path)
-            _check_same_settings(self.path, self.state["settings"], settings)
+            self.state = _read_state(self.path)
+            _check_same_settings(self.path, self.state["settings"], settings,
+                                 self.file(DATA_FILES), files)
         else:
             self.state = {"settings": settings, "attempts": 0, "phases": {}, "complete": False}
-        self.resumed = self.state["attempts"] > 0
-        if not self.complete:  # a finished run is only read
-            self.state["attempts"] += 1
+            if files is not None:
+                write_text(self.file(DATA_FILES), json.dumps(files) + "\n", fsync=True)
             self.save()
+        self.resumed = self.state["attempts"] > 0
 
+    # -- lifecycle
+    def begin_attempt(self):
+        """Count this attempt (called once training is about to start, not for failed set-ups)."""
+        self.state["attempts"] += 1
+        self.save()
+        return self.attempt
+
+    def close(self):
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the lock
+            self._lock_fd = None
+
+    def __del__(self):
+        self.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- reading
     @property
     def attempt(self):
         return self.state["attempts"]
@@ -45,6 +99,10 @@ class RunState:
     def complete(self):
         return self.state["complete"]
 
+    @property
+    def settings(self):
+        return self.state["settings"]
+
     def file(self, *parts):
         return os.path.join(self.out_dir, *parts)
 
@@ -52,6 +110,7 @@ class RunState:
         """This phase's record: {"done": bool, "epochs": int, "seconds": float, ...}."""
         return self.state["phases"].setdefault(name, {"done": False, "seconds": 0.0})
 
+    # -- writing
     def add_seconds(self, name, seconds):
         self.phase(name)["seconds"] = round(self.phase(name)["seconds"] + seconds, 3)
         self.save()
@@ -68,88 +127,65 @@ class RunState:
         self.save()
 
     def save(self):
-        write_json(self.path, self.state)
+        write_text(self.path, json.dumps(self.state, indent=2) + "\n", fsync=True)
 
 
-def _check_same_settings(path, old, new):
-    keys = sorted((set(old) | set(new)) - set(VOLATILE_SETTINGS))
+def clear(out_dir):
+    """Remove what a run writes (`RUN_ENTRIES`) from `out_dir`; other files stay."""
+    for name in RUN_ENTRIES:
+        path = os.path.join(out_dir, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        elif os.path.lexists(path):
+            os.remove(path)
+
+
+def _lock(path):
+    """An exclusive, non-blocking flock on `path` (never following a symlink)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory lock; one run per folder is then up to the user
+        return None
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(path, flags, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise RunFolderBusyError(
+            f"Another process is running in {os.path.dirname(path)!r} (it holds {path!r}); "
+            "wait for it to finish or use another `out_dir`.") from None
+    return fd
+
+
+def _read_state(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            state = json.load(f)
+        if not isinstance(state, dict) or not {"settings", "attempts", "phases",
+                                               "complete"} <= state.keys():
+            raise ValueError("missing keys")
+        return state
+    except (OSError, ValueError) as err:
+        raise ValueError(f"The run state {path!r} is unreadable ({err}); start the run over "
+                         "with restart=True (CLI: --restart) or use another `out_dir`.") from err
+
+
+def _check_same_settings(path, old, new, files_path, files):
+    keys = sorted((set(old) | set(new)) - set(VOLATILE_SETTINGS) - {"data_fingerprint"})
     changed = [k for k in keys if old.get(k) != new.get(k)]
     if changed:
         details = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
         raise ValueError(f"{path} belongs to a run with other settings ({details}); resume with "
-                         "the same settings or pass another `out_dir`.")
-
-
-def save_atomically(model, path):
-    """`model.save` / `save_weights` to a temporary name with the same suffix, then rename."""
-    path = os.fspath(path)
-    suffix = ".weights.h5" if path.endswith(".weights.h5") else os.path.splitext(path)[1]
-    with replacing(path, suffix=suffix) as tmp:
-        if suffix == ".weights.h5":
-            model.save_weights(tmp)
-        else:
-            model.save(tmp)
-    return path
-
-
-def best_so_far(metrics_path, monitor, phases=None):
-    """Best (max) `monitor` value among finished epochs in the metrics CSV, or None."""
-    values = [r[monitor] for r in read_metrics(metrics_path)
-              if r.get(monitor) is not None and (phases is None or r["phase"] in phases)]
-    return max(values) if values else None
-
-
-class BestModelCheckpoint(keras.callbacks.Callback):
-    """Save `model` (the full classifier, not necessarily the model being fit) to `path`
-    whenever `monitor` beats every earlier value, including `initial_best` from earlier phases
-    or attempts. Saves are atomic, so `path` always holds a complete `.keras` file."""
-
-    def __init__(self, model, path, *, monitor, initial_best=None):
-        super().__init__()
-        self.full_model, self.path, self.monitor = model, os.fspath(path), monitor
-        self.best = initial_best
-
-    def on_epoch_end(self, epoch, logs=None):
-        value = (logs or {}).get(self.monitor)
-        if value is None:
-            return
-        if self.best is None or float(value) > self.best:
-            self.best = float(value)
-            save_atomically(self.full_model, self.path)
-
-
-class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
-    """`EarlyStopping` whose patience survives a restart.
-
-    Keras' BackupAndRestore brings back the weights and the epoch, not other callbacks' state,
-    so a resumed fit would start counting patience from zero. This callback replays the
-    monitored values of the epochs the backup says are finished (from the metrics CSV, rows of
-    `phase` numbered after `epoch_offset`), so a run stops where an uninterrupted one would.
-    List it after BackupAndRestore: it reads the restored epoch in `on_train_begin`.
-    """
-
-    def __init__(self, metrics_path, *, phase, epoch_offset=0, **kwargs):
-        super().__init__(**kwargs)
-        self.metrics_path, self.phase, self.epoch_offset = os.fspath(metrics_path), phase, \
-            epoch_offset
-
-    def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
-        finished = getattr(self.model, "_initial_epoch", None) or 0
-        rows = {r["epoch"] - self.epoch_offset: r.get(self.monitor)
-                for r in read_metrics(self.metrics_path) if r["phase"] == self.phase}
-        if self.monitor_op is None:
-            self._set_monitor_op()
-        for epoch in range(1, finished + 1):
-            self._replay(epoch - 1, rows.get(epoch))
-
-    def _replay(self, epoch, value):
-        """What `on_epoch_end` did with `value`, minus weights (BestModelCheckpoint has them)."""
-        if value is None or epoch < self.start_from_epoch:
-            return
-        self.wait += 1
-        if self._is_improvement(value, self.best):
-            self.best, self.best_epoch = value, epoch
-            if self.baseline is None or self._is_improvement(value, self.baseline):
-                self.wait = 0
-
+                         "the same settings, pass restart=True (CLI: --restart) to start this "
+                         "run over, or pass another `out_dir`.")
+    if old.get("data_fingerprint") != new.get("data_fingerprint"):
+        what = "the data folder changed"
+        if files is not None and os.path.exists(files_path):
+            with open(files_path, encoding="utf-8") as f:
+                what += ": " + fingerprint.describe_changes(json.load(f), files)
+        raise ValueError(f"{path}: {what} since this run started. A resumed run must train on "
+                         "the same images (its split, cached embeddings and finished epochs "
+                         "depend on them). Restore the folder, pass restart=True (CLI: "
+                         "--restart) to start this run over on the new data, or pass another "
+                         "`out_dir`.")

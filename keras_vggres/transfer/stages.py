@@ -338,3 +338,37 @@ def _bn_state(bn_layers, trainable_ids):
     states = {any(id(v) in trainable_ids for v in layer.weights) for layer in bn_layers}
     return "mixed" if len(states) > 1 else ("train" if states.pop() else "frozen")
 
+
+
+# ----------------------------------------------------------------------------- recipes
+ALL_STAGES = "all"
+
+
+def unfreeze_stages(stage_names, unfreeze):
+    """The backbone stages a fine-tuning phase trains (the model's own `head` excluded).
+
+    Args:
+        stage_names: the model's stages (`registry` `ModelSpec.stages`).
+        unfreeze: None (the last stage: "conv5", "block5"; V2 adds "post"), a stage name (that
+            stage and every later one), a list of stage names, or "all".
+    """
+    body = tuple(s for s in stage_names if s != HEAD)
+    if unfreeze is None:
+        unfreeze = next(s for s in reversed(body) if s != POST)
+    if unfreeze == ALL_STAGES:
+        return body
+    if isinstance(unfreeze, str):
+        if unfreeze not in body:
+            raise ValueError(f"`unfreeze` must be a stage name of the model {body}, a list of "
+                             f"them or {ALL_STAGES!r}; received unfreeze={unfreeze!r}.")
+        return body[body.index(unfreeze):]
+    names = list(unfreeze) if isinstance(unfreeze, (list, tuple)) else None
+    if not names or any(n not in body for n in names):
+        raise ValueError(f"`unfreeze` must be a stage name of the model {body}, a list of them "
+                         f"or {ALL_STAGES!r}; received unfreeze={unfreeze!r}.")
+    return tuple(s for s in body if s in names)
+
+
+def freeze_backbone(model, model_name):
+    """Freeze every backbone stage (BatchNorm included); the classifier head stays trainable."""
+    return freeze(model, stages=[s for s in registry.get_spec(model_name).stages if s != HEAD])

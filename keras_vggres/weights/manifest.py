@@ -17,7 +17,7 @@ from importlib import resources
 from types import MappingProxyType
 from typing import Mapping
 
-from keras_vggres.imagenet import INTERPOLATIONS, PREPROCESS_MODES
+from keras_vggres.transforms import INTERPOLATIONS, PREPROCESS_MODES, Transform
 from keras_vggres.weights.spec import FileSpec
 
 MANIFEST_ENV = "KERAS_VGGRES_MANIFEST"
@@ -47,17 +47,12 @@ _HEX_PATTERNS = {
 
 
 @dataclass(frozen=True)
-class Transform:
-    """Evaluation transform: shorter side -> ``resize``, center crop ``crop``, Pillow filter."""
-
-    resize: int
-    crop: int
-    interpolation: str
-
-
-@dataclass(frozen=True)
 class WeightsRecord:
-    """Everything about one (model, tag) pair of pretrained weights."""
+    """Everything about one (model, tag) pair of pretrained weights.
+
+    The record owns what its images must go through: `preprocess` (a mode of
+    `transforms.PREPROCESS_MODES`) and `transform` (the eval `transforms.Transform`).
+    """
 
     model: str
     tag: str

@@ -1,0 +1,227 @@
+"""ImageNet preprocessing: the `preprocess_input` functions and the in-model preprocessing.
+
+Every mode is defined once, in `keras_vggres.transforms.PREPROCESS_MODES`. `preprocess_input`
+applies it to arrays and tensors with keras.applications' numbers; `add_preprocessing` puts it
+inside a model with Keras' own standard operations (a channel flip and one `Rescaling` layer
+named "preprocessing"), so a saved model loads anywhere Keras does, with no custom layer.
+`ImageNetPreprocessing` is the older custom layer, kept (and registered) for existing files.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_vggres._checks import check_choice
+from keras_vggres.transforms import PREPROCESS_MODES
+
+DATA_FORMATS = (None, "channels_first", "channels_last")
+LAYER_NAME = "preprocessing"
+
+
+def resolve_data_format(data_format):
+    check_choice("data_format", data_format, DATA_FORMATS)
+    return data_format or keras.config.image_data_format()
+
+
+def _channel_axis(ndim, data_format):
+    if data_format == "channels_last":
+        return ndim - 1
+    if ndim not in (3, 4):
+        raise ValueError(
+            "With data_format='channels_first' the input must be 3D (channels, height, width) "
+            f"or 4D (batch, channels, height, width); received an input with {ndim} dimensions."
+        )
+    return ndim - 3
+
+
+def _checked_layout(shape, data_format, channels=3):
+    """Return (channel axis, broadcast shape for per-channel constants) for an input shape."""
+    ndim = len(shape)
+    if ndim == 0:
+        raise ValueError("`x` must be an image or a batch of images; received a scalar.")
+    axis = _channel_axis(ndim, data_format)
+    if shape[axis] is not None and shape[axis] != channels:
+        raise ValueError(
+            f"`x` must have {channels} colour channels on axis {axis} (data_format="
+            f"{data_format!r}); received shape {tuple(shape)}."
+        )
+    return axis, (channels,) + (1,) * (ndim - 1 - axis)
+
+
+def _is_float(dtype):
+    return "float" in keras.backend.standardize_dtype(dtype)
+
+
+def _apply_numpy(x, spec, data_format):
+    x = np.asarray(x)
+    if not np.issubdtype(x.dtype, np.floating):
+        x = x.astype(keras.config.floatx())
+    axis, cshape = _checked_layout(x.shape, data_format, len(spec.mean))
+    if spec.flips_channels:
+        x = np.flip(x, axis=axis)
+    x = x / x.dtype.type(spec.divisor)  # new array: the caller's array is never modified
+    x -= np.asarray(spec.mean, dtype=x.dtype).reshape(cshape)
+    if spec.std is not None:
+        x /= np.asarray(spec.std, dtype=x.dtype).reshape(cshape)
+    return x
+
+
+def _apply_ops(x, spec, data_format, dtype=None):
+    x = ops.convert_to_tensor(x)
+    if dtype is not None:
+        x = ops.cast(x, dtype)
+    elif not _is_float(x.dtype):
+        x = ops.cast(x, keras.config.floatx())
+    axis, cshape = _checked_layout(tuple(x.shape), data_format, len(spec.mean))
+    if spec.flips_channels:
+        x = ops.flip(x, axis=axis)
+    x = x / spec.divisor
+    x = x - ops.convert_to_tensor(np.reshape(spec.mean, cshape), dtype=x.dtype)
+    if spec.std is not None:
+        x = x / ops.convert_to_tensor(np.reshape(spec.std, cshape), dtype=x.dtype)
+    return x
+
+
+def preprocess_input(x, data_format=None, mode="caffe"):
+    """Preprocesses a tensor or NumPy array of RGB images with values in 0-255.
+
+    Drop-in for ``keras.applications.imagenet_utils.preprocess_input`` (same arguments and
+    numbers), with two safety fixes: the caller's array is never modified, and integer inputs
+    (``uint8``, ``int32``...) are cast to ``keras.config.floatx()`` before any arithmetic, so
+    nothing wraps around. Float inputs keep their dtype.
+
+    Args:
+        x: A 3D image or 4D batch: NumPy array, nested list, backend tensor or symbolic
+            ``KerasTensor`` (so it can be used inside a functional model).
+        data_format: ``"channels_last"``, ``"channels_first"`` or ``None`` (use
+            ``keras.config.image_data_format()``).
+        mode: one of ``PREPROCESS_MODES``: ``"caffe"`` (RGB->BGR, subtract the ImageNet mean
+            pixel), ``"tf"`` (scale to [-1, 1]) or ``"torch"`` (scale to [0, 1], normalise
+            with the ImageNet mean and std).
+
+    Returns:
+        A new array (for NumPy or list input) or tensor of the same shape.
+    """
+    check_choice("mode", mode, tuple(PREPROCESS_MODES))
+    return apply_mode(x, PREPROCESS_MODES[mode], data_format)
+
+
+def apply_mode(x, spec, data_format=None):
+    """`preprocess_input` for a `PreprocessMode` object (e.g. a channel-adapted one)."""
+    data_format = resolve_data_format(data_format)
+    if isinstance(x, (np.ndarray, np.generic, list, tuple)):
+        return _apply_numpy(x, spec, data_format)
+    return _apply_ops(x, spec, data_format)
+
+
+def make_preprocess_input(mode, *, spec=None):
+    """Returns ``preprocess_input(x, data_format=None)`` with ``mode`` fixed (drop-in modules).
+
+    ``spec`` overrides the mode's recipe (a channel-adapted `PreprocessMode`).
+    """
+    check_choice("mode", mode, tuple(PREPROCESS_MODES))
+    spec = spec or PREPROCESS_MODES[mode]
+
+    def preprocess_input_for_mode(x, data_format=None):
+        return apply_mode(x, spec, data_format)
+
+    preprocess_input_for_mode.__name__ = "preprocess_input"
+    preprocess_input_for_mode.__qualname__ = "preprocess_input"
+    preprocess_input_for_mode.__doc__ = (
+        f"Preprocesses RGB images (0-255) for this model: ImageNet {mode!r} mode.\n\n"
+        "Same as ``keras_vggres.imagenet.preprocess_input(x, data_format, "
+        f"mode={mode!r})``: never modifies the caller's array and casts integer inputs to\n"
+        "float first.\n\n"
+        "Args:\n"
+        "    x: A 3D image or 4D batch (NumPy array, tensor or KerasTensor), values 0-255.\n"
+        "    data_format: `'channels_last'`, `'channels_first'` or `None` (the Keras default).\n\n"
+        "Returns:\n"
+        "    Preprocessed array or tensor, same shape as `x`.\n"
+    )
+    preprocess_input_for_mode.mode = mode
+    return preprocess_input_for_mode
+
+
+# ----------------------------------------------------------------------------- in the model
+def add_preprocessing(x, mode, *, channels=3, name=LAYER_NAME):
+    """Apply `mode` to the symbolic tensor `x` with standard Keras operations; returns the result.
+
+    A channel flip (`keras.ops.flip`, for BGR modes) and one `Rescaling` layer named `name`
+    computing ``x * scale + offset`` per channel in float32 (also under a mixed-precision
+    policy; the next layer casts). Both serialise as plain Keras objects.
+    """
+    check_choice("mode", mode, tuple(PREPROCESS_MODES))
+    spec = PREPROCESS_MODES[mode].for_channels(channels)
+    channels_first = keras.config.image_data_format() == "channels_first"
+    if spec.flips_channels:
+        x = ops.flip(x, axis=1 if channels_first else -1)
+    scale, offset = spec.scale_offset()
+    if channels_first:  # Keras reshapes `scale` for channels_first, but not `offset`
+        scale, offset = ([[[v]] for v in scale], [[[v]] for v in offset])
+    else:
+        scale, offset = list(scale), list(offset)
+    layer = keras.layers.Rescaling(scale, offset, dtype="float32", name=name)
+    layer.mode = mode  # read by `mode_of_layer`; a reloaded layer is recognised by its numbers
+    return layer(x)
+
+
+def preprocessing_layer(model):
+    """The in-model preprocessing layer of `model` (or of a model nested in it), or None."""
+    stack = list(getattr(model, "layers", ()))
+    while stack:
+        layer = stack.pop(0)
+        if isinstance(layer, ImageNetPreprocessing) or (
+                layer.name == LAYER_NAME and isinstance(layer, keras.layers.Rescaling)):
+            return layer
+        stack += list(getattr(layer, "layers", ()))
+    return None
+
+
+def mode_of_layer(layer):
+    """The preprocessing mode a layer of `preprocessing_layer` applies (None if unknown)."""
+    if isinstance(getattr(layer, "mode", None), str):
+        return layer.mode
+    scale = np.ravel(np.asarray(layer.scale, np.float64))
+    offset = np.ravel(np.asarray(layer.offset, np.float64))
+    for name, spec in PREPROCESS_MODES.items():
+        want_scale, want_offset = spec.for_channels(len(scale)).scale_offset()
+        if np.allclose(scale, want_scale, rtol=1e-6) and np.allclose(offset, want_offset,
+                                                                      rtol=1e-6):
+            return name
+    return None
+
+
+@keras.saving.register_keras_serializable(package="keras_vggres")
+class ImageNetPreprocessing(keras.layers.Layer):
+    """Applies an ImageNet preprocessing mode inside a model (input: RGB, values 0-255).
+
+    Equivalent to ``preprocess_input(x, data_format, mode)``; the output has the layer's
+    compute dtype (float32 unless a mixed-precision policy is set). Uses only ``keras.ops``.
+    The builders now use `add_preprocessing` (standard layers only); this class stays so that
+    files saved with it keep loading (``import keras_vggres`` registers it).
+
+    Args:
+        mode: one of ``"caffe"``, ``"tf"``, ``"torch"``.
+        data_format: ``"channels_last"``, ``"channels_first"`` or ``None`` (Keras default).
+    """
+
+    def __init__(self, mode="caffe", data_format=None, **kwargs):
+        super().__init__(**kwargs)
+        check_choice("mode", mode, tuple(PREPROCESS_MODES))
+        self.mode = mode
+        self.data_format = resolve_data_format(data_format)
+
+    def call(self, inputs):
+        return _apply_ops(
+            inputs, PREPROCESS_MODES[self.mode], self.data_format, dtype=self.compute_dtype
+        )
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"mode": self.mode, "data_format": self.data_format})
+        return config

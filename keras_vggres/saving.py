@@ -1,0 +1,96 @@
+"""`.keras` files that remember their weights record and class names; SavedModel exports.
+
+`save_model` writes a model atomically with Keras' own `model.save`, then adds one JSON entry,
+`keras_vggres.json` (the model's `WeightsInfo`: weights tag, preprocessing, eval transform,
+class names), to the archive. Keras ignores that entry, so the file still loads anywhere with
+`keras.models.load_model`; `load_model` here also restores the record, so a reloaded model
+predicts with its own class names and image transform.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+
+from keras_vggres._atomic import replacing
+
+INFO_ENTRY = "keras_vggres.json"
+INFO_VERSION = 1
+
+
+def save_model(model, path, *, info=None):
+    """`model.save(path)` atomically, with `info` (default: `weights_info(model)`) inside."""
+    from keras_vggres.weights.info import weights_info
+
+    path = os.fspath(path)
+    if not path.endswith(".keras"):
+        raise ValueError(f"`path` must end with '.keras'; received path={path!r}.")
+    info = info if info is not None else weights_info(model)
+    with replacing(path, suffix=".keras", fsync=True) as tmp:
+        model.save(tmp)
+        with zipfile.ZipFile(tmp, "a") as archive:
+            archive.writestr(INFO_ENTRY, json.dumps({"version": INFO_VERSION,
+                                                     "weights": info.as_dict()}, indent=1))
+    return path
+
+
+def read_info(path):
+    """The `WeightsInfo` stored in a `.keras` file by `save_model`, or None."""
+    from keras_vggres.weights.info import WeightsInfo
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if INFO_ENTRY not in archive.namelist():
+                return None
+            raw = json.loads(archive.read(INFO_ENTRY).decode("utf-8"))
+    except (OSError, zipfile.BadZipFile, ValueError, UnicodeDecodeError):
+        return None
+    try:
+        return WeightsInfo.from_dict(raw["weights"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def load_model(path, *, compile=False):
+    """`keras.models.load_model(path)` with the weights record of `save_model` re-attached."""
+    import keras
+
+    from keras_vggres.weights.info import attach
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No model file at {path!r}.")
+    model = keras.models.load_model(path, compile=compile)
+    info = read_info(path)
+    if info is not None:
+        attach(model, info)
+    return model
+
+
+def export_saved_model(model, path, *, class_names=None):
+    """A TensorFlow SavedModel (via a temporary folder) with two endpoints: `serve` (images
+    -> probabilities) and, with `class_names`, `classify` (images -> probabilities, the top
+    class index and its name as a string, and every class name)."""
+    import tensorflow as tf
+    from keras.export import ExportArchive
+
+    signature = [tf.TensorSpec((None,) + tuple(model.inputs[0].shape[1:]), tf.float32,
+                               name="images")]
+    archive = ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serve", lambda images: model(images, training=False), signature)
+    if class_names:
+        names = tf.constant([str(name) for name in class_names])
+
+        def classify(images):
+            probabilities = model(images, training=False)
+            top = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
+            return {"probabilities": probabilities, "class_index": top,
+                    "class_name": tf.gather(names, top),
+                    "class_names": tf.broadcast_to(names, [tf.shape(top)[0], len(class_names)])}
+
+        archive.add_endpoint("classify", classify, signature)
+    with replacing(path) as tmp:
+        archive.write_out(tmp, verbose=False)
+    return os.fspath(path)
