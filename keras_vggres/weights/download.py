@@ -36,8 +36,8 @@ from keras_vggres.weights._http import DownloadError
 from keras_vggres.weights.spec import FileSpec
 
 __all__ = ["DownloadError", "IntegrityError", "NotRegularFileError", "UnsafeCacheEntryError",
-           "WeightsUnavailableError", "cache_dir", "cached_path", "check_digests", "fetch",
-           "hash_file", "verify_file"]
+           "WeightsUnavailableError", "cache_dir", "cached_path", "check_digests",
+           "check_open_file", "fetch", "hash_file", "hash_stream", "verify_file"]
 
 log = logging.getLogger(__name__)
 
@@ -88,19 +88,19 @@ def verify_file(path: str | os.PathLike, spec: FileSpec) -> str | None:
     """
     try:
         with _fs.open_regular(path) as f:
-            return _check_open_file(f, spec)
+            return check_open_file(f, spec)
     except FileNotFoundError:
         return f"{path} does not exist"
     except NotRegularFileError:
         return f"{path} is not a regular file ({_fs.describe(path)})"
 
 
-def _check_open_file(f, spec: FileSpec) -> str | None:
+def check_open_file(f, spec: FileSpec) -> str | None:
     """`verify_file` for an open regular file: size first (no need to hash), then every hash."""
     size = os.fstat(f.fileno()).st_size
     if spec.size is not None and size != spec.size:
         return f"size: expected {spec.size} bytes, got {size} bytes"
-    digests = _hash_stream(f, {algo for _, algo, _, _ in _wanted_hashes(spec)})
+    digests = hash_stream(f, {algo for _, algo, _, _ in _wanted_hashes(spec)})
     return "; ".join(check_digests(spec, digests)) or None
 
 
@@ -298,10 +298,11 @@ def _wanted_hashes(spec: FileSpec) -> list[tuple[str, str, str, bool]]:
 def hash_file(path: str | os.PathLike, algos=("md5", "sha256")) -> dict[str, str]:
     """Hex digests of the regular file ``path`` for each algorithm, reading it once in chunks."""
     with _fs.open_regular(path) as f:
-        return _hash_stream(f, algos)
+        return hash_stream(f, algos)
 
 
-def _hash_stream(f, algos) -> dict[str, str]:
+def hash_stream(f, algos) -> dict[str, str]:
+    """Hex digests of what is left to read in the binary file object ``f``."""
     hashers = {algo: hashlib.new(algo) for algo in algos}
     while chunk := f.read(HASH_CHUNK):
         for hasher in hashers.values():
