@@ -103,7 +103,9 @@ def _classify(path: Path, check: Callable) -> tuple[str, str | None] | None:
         with _fs.open_regular(path) as f:
             problem = check(f, path)
     except FileNotFoundError:
-        return None if not os.path.lexists(path) else (NOT_REGULAR, _fs.describe(path))
+        if not os.path.lexists(path):
+            return None
+        return NOT_REGULAR, f"not a regular file: it is {_fs.describe(path)}"
     except NotRegularFileError:
         return NOT_REGULAR, f"not a regular file: it is {_fs.describe(path)}"
     except OSError as exc:
