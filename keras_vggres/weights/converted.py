@@ -99,7 +99,7 @@ def _build(source: Path, spec: FileSpec, converted: Path, build: Callable[[Path]
 
 def check_converted(converted: Path, specs: Mapping[str, FileSpec], *,
                     require_source: bool = False) -> str | None:
-    """How ``converted`` fails its sidecar (or its source's spec, from ``specs`` by name); None if OK."""
+    """How ``converted`` fails its sidecar or its source's spec (``specs`` by name); None if OK."""
     try:
         with _fs.open_regular(converted) as f:
             return check_converted_file(f, converted, specs, require_source=require_source)

@@ -127,8 +127,12 @@ def fetch(spec: FileSpec, *, cache_dir: str | os.PathLike | None = None,
 
     Raises:
         WeightsUnavailableError: offline mode and no valid local copy (says what to put where).
-        DownloadError: the transfer failed (HTTP status, network, timeout) after retries.
+        DownloadError: the transfer failed (HTTP status, network, timeout) after retries, or at
+            once: more bytes than the size bound, too slow, a redirect to a non-http(s) URL, or
+            (offline) a mirror entry that is not a regular file.
         IntegrityError: downloaded bytes failed verification twice.
+        UnsafeCacheEntryError: the lock file is a symlink (or not a regular file), or the cache
+            entry is a directory.
     """
     _check_spec(spec)
     hit = cached_path(spec, cache_dir)
@@ -144,11 +148,11 @@ def fetch(spec: FileSpec, *, cache_dir: str | os.PathLike | None = None,
         problem = verify_file(final, spec)
         if problem is None:
             return final  # another process finished it while we waited for the lock
-        _tidy(final, problem, locked=locked)
         if os.path.isdir(final) and not os.path.islink(final):
             raise UnsafeCacheEntryError(
                 errno.EISDIR, f"{final} is a directory where the weight file {spec.name} "
                 "belongs; nothing was downloaded. Remove it and try again.", str(final))
+        _tidy(final, problem, locked=locked)
         show = _show_progress(quiet)
         if mirror is not None and _from_mirror(spec, final, mirror, offline=offline, show=show):
             return final

@@ -260,3 +260,18 @@ def test_redirect_to_a_non_http_url_is_refused(hostile, tmp_path, path, where):
     assert url in text and repr(where) in text and info.value.status == 302
     assert hostile.hits == [path]  # neither retried nor followed
     only_lock_left(tmp_path)
+
+
+def test_every_manifest_file_has_a_tight_bound():
+    from keras_vggres.weights import manifest
+
+    for entry in manifest.load_manifest().values():
+        for record in entry.tags.values():
+            for spec in record.files.values():
+                limit = _limits.size_bound(spec).limit
+                if spec.size is not None:
+                    assert limit == spec.size, spec.name
+                elif record.source == "torchvision":  # published MiB, rounded: + 1 MiB margin
+                    assert spec.size_mib * MIB < limit <= (spec.size_mib + 1) * MIB + 1, spec.name
+                else:
+                    assert limit == _limits.DEFAULT_MAX_DOWNLOAD_MIB * MIB, spec.name

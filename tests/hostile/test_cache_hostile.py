@@ -87,7 +87,7 @@ print(json.dumps(seen))
 """
 
 
-@pytest.mark.parametrize("delay", [0.2, 0.6, 1.2])
+@pytest.mark.parametrize("delay", [0.4, 0.8, 1.5])
 def test_verify_delete_racing_a_download_never_deletes_the_good_file(server, body, tmp_path,
                                                                      delay):
     folder = tmp_path / "cache"
