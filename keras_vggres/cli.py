@@ -70,23 +70,17 @@ def cmd_download(args):
 
 
 def cmd_verify(args):
-    from keras_vggres.weights import download
+    from keras_vggres.weights import cache, download
 
-    folder, bad = download.cache_dir(), 0
-    for record in _records():
-        for spec in record.files.values():
-            path = folder / spec.name
-            if not path.exists():
-                continue
-            problem = download.verify_file(path, spec)
-            print(f"{'BAD ' if problem else 'ok  '} {path}" + (f": {problem}" if problem else ""))
-            if problem:
-                bad += 1
-                if args.delete:
-                    path.unlink()
-                    print(f"     deleted {path}")
-    print(f"{bad} bad file(s) in {folder}")
-    return 1 if bad and not args.delete else 0
+    folder = download.cache_dir()
+    results = cache.verify_cache(folder, delete=args.delete)  # a missing folder raises
+    for result in results:
+        print(result.line())
+    bad = [r for r in results if not r.ok]
+    left = [r for r in bad if not r.deleted]
+    print(f"{len(results)} file(s) checked in {folder}: {len(bad)} bad"
+          + (f", {len(bad) - len(left)} deleted" if args.delete else ""))
+    return 1 if left else 0
 
 
 def cmd_convert(args):

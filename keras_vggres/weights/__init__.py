@@ -9,6 +9,7 @@ _EXPORTS = {
     "keras_vggres.weights.h5": ("load_weights", "save_weights_h5"),
     "keras_vggres.weights.manifest": ("list_weights", "get_weights"),
     "keras_vggres.weights.download": ("fetch", "cache_dir"),
+    "keras_vggres.weights.cache": ("verify_cache",),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = list(_WHERE)

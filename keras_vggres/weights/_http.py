@@ -1,5 +1,10 @@
 """Stream one HTTP(S) URL into a local file: timeouts, retries with backoff, Range resume, progress.
 
+Bounded: the body may not exceed the caller's size bound (checked against Content-Length /
+Content-Range up front and against every chunk, so a server without Content-Length is stopped
+too), must keep a minimum average rate (see ``_limits``), and redirects are followed only to
+http(s) URLs. The temp file is never opened through a symbolic link (see ``_fs``).
+
 Used only by ``download.py``, which owns temp names, verification and publishing. Stdlib only.
 """
 
@@ -14,6 +19,10 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from urllib.parse import urljoin, urlsplit
+
+from keras_vggres.weights import _fs, _limits
+from keras_vggres.weights._limits import SizeBound
 
 log = logging.getLogger("keras_vggres.weights.download")
 
@@ -23,6 +32,7 @@ BACKOFF_BASE = 1.0  # seconds before the first retry; doubles for each further o
 CHUNK_SIZE = 256 * 1024
 USER_AGENT = "keras_vggres (python urllib)"
 _RETRY_STATUS = (408, 429)  # retried besides every 5xx; any other 4xx is final
+REDIRECT_SCHEMES = ("http", "https")
 
 
 class DownloadError(OSError):
@@ -57,10 +67,11 @@ def timeout() -> float:
     return value
 
 
-def stream(url: str, dest: Path, *, target: Path, show_progress: bool) -> int:
+def stream(url: str, dest: Path, *, target: Path, show_progress: bool, bound: SizeBound) -> int:
     """Fill ``dest`` with the body of ``url``, retrying transient failures; return its size.
 
-    ``target`` is the final cache path, named in messages only.
+    ``target`` is the final cache path, named in messages only. More than ``bound.limit``
+    bytes, a refused redirect or a too slow transfer raise `DownloadError` at once (no retry).
     """
     bar = _Progress(target.name, enabled=show_progress)
     failures = []
@@ -69,7 +80,7 @@ def stream(url: str, dest: Path, *, target: Path, show_progress: bool) -> int:
             if attempt:
                 time.sleep(BACKOFF_BASE * 2 ** (attempt - 1))
             try:
-                return _attempt(url, dest, target, bar)
+                return _attempt(url, dest, target, bar, bound)
             except _Retry as exc:
                 failures.append(f"attempt {attempt + 1}: {exc}")
                 log.info("Download of %s failed (%s); %d retries left.", url, exc,
@@ -83,14 +94,18 @@ def stream(url: str, dest: Path, *, target: Path, show_progress: bool) -> int:
         f"with the complete body, got: {'; '.join(failures)}.", url=url)
 
 
-def _attempt(url: str, dest: Path, target: Path, bar: _Progress) -> int:
+def _attempt(url: str, dest: Path, target: Path, bar: _Progress, bound: SizeBound) -> int:
     """One GET: append to ``dest`` on 206, start over on 200; raise _Retry when worth retrying."""
-    have = dest.stat().st_size if dest.exists() else 0
+    have = _fs.regular_size(dest)
     with _open(url, have, target) as resp:
         start, total = _resume_point(resp, have)
+        if total is not None and total > bound.limit:
+            raise DownloadError(
+                f"Refusing to download {url} to {target}: the server announces {total} bytes, "
+                f"more than the {bound.limit} allowed by {bound.rule}; nothing was kept.", url=url)
         bar.start(start, total)
-        with open(dest, "ab" if start else "wb") as out:
-            got = _copy_body(resp, out, bar)
+        with _fs.open_new(dest, append=bool(start)) as out:
+            got = _copy_body(resp, out, bar, _Guard(url, target, start, bound))
     done = start + got
     if total is not None and done != total:
         raise _Retry(f"body cut short: expected {total} bytes, got {done}")
@@ -104,7 +119,10 @@ def _open(url: str, have: int, target: Path):
         headers["Range"] = f"bytes={have}-"
     request = urllib.request.Request(url, headers=headers)
     try:
-        return urllib.request.urlopen(request, timeout=timeout())
+        return urllib.request.build_opener(_HttpOnlyRedirects).open(request, timeout=timeout())
+    except DownloadError as exc:  # a refused redirect: final
+        raise DownloadError(f"Could not download {url} to {target}: {exc}", url=url,
+                            status=exc.status) from None
     except urllib.error.HTTPError as exc:
         exc.close()
         got = f"HTTP {exc.code} {exc.reason}"
@@ -150,8 +168,11 @@ def _content_range(value: str) -> tuple[int | None, int | None]:
     return int(first), int(total) if total.isdigit() else None
 
 
-def _copy_body(resp, out, bar: _Progress) -> int:
-    """Copy the body in chunks; a network failure mid-body keeps what arrived (for Range resume)."""
+def _copy_body(resp, out, bar: _Progress, guard: _Guard) -> int:
+    """Copy the body in chunks; a network failure mid-body keeps what arrived (for Range resume).
+
+    A chunk that would take the file past the size bound is not written: the download fails.
+    """
     got = 0
     while True:
         try:
@@ -160,9 +181,60 @@ def _copy_body(resp, out, bar: _Progress) -> int:
             raise _Retry(f"connection lost after {got} body bytes ({_describe(exc)})") from exc
         if not chunk:
             return got
+        guard.check(got, len(chunk))
         out.write(chunk)
         got += len(chunk)
         bar.advance(len(chunk))
+
+
+class _Guard:
+    """Stops a body that grows past the size bound or arrives slower than the minimum rate."""
+
+    def __init__(self, url: str, target: Path, start: int, bound: SizeBound):
+        self.url, self.target, self.start, self.bound = url, target, start, bound
+        self.rule = _limits.rate_rule()
+        self.mark_time, self.mark_bytes = time.monotonic(), 0
+
+    def check(self, got: int, incoming: int) -> None:
+        """Called before writing ``incoming`` more bytes after ``got`` body bytes."""
+        if self.start + got + incoming > self.bound.limit:
+            raise DownloadError(
+                f"Stopped downloading {self.url} to {self.target}: the body goes past the "
+                f"{self.bound.limit} bytes allowed by {self.bound.rule} (more than "
+                f"{self.start + got} bytes received); the partial file was discarded.",
+                url=self.url)
+        now = time.monotonic()
+        span = now - self.mark_time
+        if not self.rule.min_rate or span < self.rule.window:
+            return
+        window_bytes = got + incoming - self.mark_bytes
+        if window_bytes < self.rule.min_rate * span:
+            raise DownloadError(
+                f"Download of {self.url} to {self.target} is too slow: {window_bytes} bytes in "
+                f"the last {span:.1f} s ({window_bytes / span:.0f} bytes/s), below the minimum "
+                f"average of {self.rule.min_rate:g} bytes/s over {self.rule.window:g} s "
+                f"({_limits.MIN_RATE_ENV}, {_limits.RATE_WINDOW_ENV}); stopped after "
+                f"{self.start + got} bytes. Set {_limits.MIN_RATE_ENV}=0 to wait regardless.",
+                url=self.url)
+        self.mark_time, self.mark_bytes = now, got + incoming
+
+
+class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow redirects to http(s) only; anything else (ftp://, file://...) is refused, named."""
+
+    def http_error_302(self, req, fp, code, msg, headers):
+        where = headers.get("location") or headers.get("uri")
+        if where:
+            new = urljoin(req.full_url, where)
+            if urlsplit(new).scheme.lower() not in REDIRECT_SCHEMES:
+                fp.close()
+                raise DownloadError(
+                    f"refused a redirect: {req.full_url} answered HTTP {code} pointing to "
+                    f"{new!r}, which is not an http(s) URL (only {REDIRECT_SCHEMES} redirects "
+                    "are followed).", url=req.full_url, status=code)
+        return super().http_error_302(req, fp, code, msg, headers)
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
 
 
 def _describe(exc: BaseException) -> str:

@@ -1,45 +1,43 @@
 """Fetch one weight file into the cache: verified, atomic, and downloaded once across processes.
 
 Resolution order: a valid cached copy (our folder, then Keras' own cache) -> the mirror
-(``KERAS_VGGRES_MIRROR``) -> the origin URL. Bytes land in ``<name>.<uuid8>.incomplete`` next to
-the final file, are checked against the spec's size and hashes, fsynced, and renamed onto
-``<name>``; a failed download leaves nothing under the final name and removes its temp file.
+(``KERAS_VGGRES_MIRROR``) -> the origin URL. Bytes land in a `keras_vggres._atomic` temp file
+(``<name>.<8 hex>.tmp``) next to the final file, bounded in size and rate (``_limits``), are
+checked against the spec's size and hashes, fsynced, and renamed onto ``<name>``; a failed
+download leaves nothing under the final name and removes its temp file. A local mirror entry
+must be a regular file (a device, FIFO or link to ``/dev/zero`` is refused).
 
-An exclusive ``flock`` on ``<name>.lock`` makes concurrent processes download a file once; the
-others wait, then find it cached. The lock file is left in place on purpose: unlinking it would
-let two processes lock two different inodes. Correctness never depends on the lock (temp names
-are unique and the rename is atomic), so filesystems without ``flock`` still work.
+Every change to ``<name>`` holds the exclusive per-file lock ``<name>.lock`` (see ``_fs``; also
+taken by ``verify --delete`` and by conversions), so concurrent processes download a file once;
+the others wait, then find it cached. Correctness of a download never depends on the lock (temp
+names are unique and the rename is atomic), so filesystems without ``flock`` still work.
 
 Environment, read at call time: ``KERAS_VGGRES_HOME``, ``KERAS_HOME``, ``KERAS_VGGRES_MIRROR``,
-``KERAS_VGGRES_OFFLINE``, ``KERAS_VGGRES_QUIET`` and ``KERAS_VGGRES_TIMEOUT`` (see ``_http``).
-Nothing here imports Keras or touches the network except ``fetch``.
+``KERAS_VGGRES_OFFLINE``, ``KERAS_VGGRES_QUIET``, ``KERAS_VGGRES_TIMEOUT`` (see ``_http``),
+``KERAS_VGGRES_MAX_DOWNLOAD_MIB``, ``KERAS_VGGRES_MIN_RATE``, ``KERAS_VGGRES_RATE_WINDOW`` (see
+``_limits``). Nothing here imports Keras or touches the network except ``fetch``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import glob
+import errno
 import hashlib
 import logging
 import os
-import shutil
 import sys
-import uuid
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 from urllib.request import url2pathname
 
-try:
-    import fcntl
-except ImportError:  # Windows: no flock; unique temp names and atomic rename keep it correct
-    fcntl = None
-
-from keras_vggres.weights import _http
+from keras_vggres import _atomic
+from keras_vggres.weights import _fs, _http, _limits
+from keras_vggres.weights._fs import NotRegularFileError, UnsafeCacheEntryError
 from keras_vggres.weights._http import DownloadError
 from keras_vggres.weights.spec import FileSpec
 
-__all__ = ["DownloadError", "IntegrityError", "WeightsUnavailableError", "cache_dir",
-           "cached_path", "fetch", "verify_file"]
+__all__ = ["DownloadError", "IntegrityError", "NotRegularFileError", "UnsafeCacheEntryError",
+           "WeightsUnavailableError", "cache_dir", "cached_path", "check_digests",
+           "check_open_file", "fetch", "hash_file", "hash_stream", "verify_file"]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +45,11 @@ INTEGRITY_RETRIES = 1  # a fresh download with wrong bytes is fetched once more,
 HASH_CHUNK = 1024 * 1024
 _TRUE = ("1", "true", "yes")
 _MISSING_STATUS = (404, 410)  # a mirror answering these simply does not have the file
+_lock = _fs.lock  # module attribute: tests replace it to prove correctness without the lock
+
+
+class _Rejected(Exception):
+    """Raised inside the atomic writer so that bytes failing verification are not published."""
 
 
 class IntegrityError(ValueError):
@@ -80,22 +83,35 @@ def cached_path(spec: FileSpec, cache_dir: str | os.PathLike | None = None) -> P
 def verify_file(path: str | os.PathLike, spec: FileSpec) -> str | None:
     """Describe how ``path`` differs from ``spec`` (size, md5, sha256, sha256 prefix); None if OK.
 
-    Every hash the spec sets must match. The file is hashed in chunks, in a single pass.
+    Every hash the spec sets must match. The file is hashed in chunks, in a single pass. A path
+    that is not a regular file (a directory, FIFO, device) is reported, never read.
     """
-    path = Path(path)
-    if not path.is_file():
-        return f"{path} is not a regular file" if path.exists() else f"{path} does not exist"
-    size = path.stat().st_size
+    try:
+        with _fs.open_regular(path) as f:
+            return check_open_file(f, spec)
+    except FileNotFoundError:
+        return f"{path} does not exist"
+    except NotRegularFileError:
+        return f"{path} is not a regular file ({_fs.describe(path)})"
+
+
+def check_open_file(f, spec: FileSpec) -> str | None:
+    """`verify_file` for an open regular file: size first (no need to hash), then every hash."""
+    size = os.fstat(f.fileno()).st_size
     if spec.size is not None and size != spec.size:
-        return f"size: expected {spec.size} bytes, got {size} bytes"  # no need to hash it
-    wanted = _wanted_hashes(spec)
-    digests = _hash_file(path, {algo for _, algo, _, _ in wanted})
+        return f"size: expected {spec.size} bytes, got {size} bytes"
+    digests = hash_stream(f, {algo for _, algo, _, _ in _wanted_hashes(spec)})
+    return "; ".join(check_digests(spec, digests)) or None
+
+
+def check_digests(spec: FileSpec, digests: dict[str, str]) -> list[str]:
+    """Mismatches between ``spec``'s hashes and ``{"md5"|"sha256": hex}`` (a missing one too)."""
     problems = []
-    for label, algo, want, prefix_only in wanted:
-        got = digests[algo]
+    for label, algo, want, prefix_only in _wanted_hashes(spec):
+        got = digests.get(algo) or "nothing recorded"
         if not (got.startswith(want) if prefix_only else got == want):
             problems.append(f"{label}: expected {want}{'...' if prefix_only else ''}, got {got}")
-    return "; ".join(problems) or None
+    return problems
 
 
 def fetch(spec: FileSpec, *, cache_dir: str | os.PathLike | None = None,
@@ -111,8 +127,12 @@ def fetch(spec: FileSpec, *, cache_dir: str | os.PathLike | None = None,
 
     Raises:
         WeightsUnavailableError: offline mode and no valid local copy (says what to put where).
-        DownloadError: the transfer failed (HTTP status, network, timeout) after retries.
+        DownloadError: the transfer failed (HTTP status, network, timeout) after retries, or at
+            once: more bytes than the size bound, too slow, a redirect to a non-http(s) URL, or
+            (offline) a mirror entry that is not a regular file.
         IntegrityError: downloaded bytes failed verification twice.
+        UnsafeCacheEntryError: the lock file is a symlink (or not a regular file), or the cache
+            entry is a directory.
     """
     _check_spec(spec)
     hit = cached_path(spec, cache_dir)
@@ -128,6 +148,10 @@ def fetch(spec: FileSpec, *, cache_dir: str | os.PathLike | None = None,
         problem = verify_file(final, spec)
         if problem is None:
             return final  # another process finished it while we waited for the lock
+        if os.path.isdir(final) and not os.path.islink(final):
+            raise UnsafeCacheEntryError(
+                errno.EISDIR, f"{final} is a directory where the weight file {spec.name} "
+                "belongs; nothing was downloaded. Remove it and try again.", str(final))
         _tidy(final, problem, locked=locked)
         show = _show_progress(quiet)
         if mirror is not None and _from_mirror(spec, final, mirror, offline=offline, show=show):
@@ -177,79 +201,54 @@ def _from_origin(spec: FileSpec, final: Path, *, show: bool) -> Path:
 
 def _download_once(source: str | Path, spec: FileSpec, final: Path, show: bool) -> str | None:
     """Fetch one copy to a unique temp file, verify and publish it; return the mismatch, if any."""
-    tmp = final.with_name(f"{final.name}.{uuid.uuid4().hex[:8]}.incomplete")
     try:
-        _stream_to_tmp(source, tmp, final, show)
-        problem = verify_file(tmp, spec)
-        if problem is None:
-            _publish(tmp, final)
-        return problem
-    finally:
-        tmp.unlink(missing_ok=True)
+        with _atomic.replacing(final, fsync=True) as tmp:
+            _stream_to_tmp(source, Path(tmp), final, show, _limits.size_bound(spec))
+            problem = verify_file(tmp, spec)
+            if problem is not None:
+                raise _Rejected(problem)  # leaves the block: the temp is removed, not published
+    except _Rejected as rejected:
+        return str(rejected)
+    return None
 
 
-def _stream_to_tmp(source: str | Path, tmp: Path, final: Path, show: bool) -> None:
-    """Copy a local mirror file, or stream a URL, into ``tmp``."""
+def _stream_to_tmp(source: str | Path, tmp: Path, final: Path, show: bool,
+                   bound: _limits.SizeBound) -> None:
+    """Copy a local mirror file, or stream a URL, into ``tmp``; at most ``bound.limit`` bytes."""
     if isinstance(source, Path):
-        with open(source, "rb") as src, open(tmp, "xb") as dst:
-            shutil.copyfileobj(src, dst, HASH_CHUNK)
+        _copy_local(source, tmp, bound)
     else:
-        _http.stream(source, tmp, target=final, show_progress=show)
+        _http.stream(source, tmp, target=final, show_progress=show, bound=bound)
 
 
-def _publish(tmp: Path, final: Path) -> None:
-    """Make the verified bytes durable, then give them their final name atomically."""
-    with open(tmp, "r+b") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
-    try:  # persist the rename too; not every platform can open or fsync a directory
-        fd = os.open(final.parent, os.O_RDONLY)
-    except OSError:
-        return
+def _copy_local(source: Path, tmp: Path, bound: _limits.SizeBound) -> None:
+    """Copy a local mirror entry: a regular file only, never more than the size bound."""
     try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def _lock(final: Path):
-    """Hold an exclusive flock on ``<final>.lock``; yields whether the lock is really held."""
-    fd = _acquire(final.with_name(final.name + ".lock")) if fcntl is not None else None
-    try:
-        yield fd is not None
-    finally:
-        if fd is not None:
-            os.close(fd)  # closing the descriptor releases the lock
-
-
-def _acquire(lock_path: Path) -> int | None:
-    """Open and flock ``lock_path``, saying so when we must wait; None if locking is impossible."""
-    fd = None
-    try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("Waiting for another process to finish %s.", lock_path.with_suffix(""))
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        return fd
-    except OSError as exc:  # read-only folder or no flock support: go on without the lock
-        log.debug("No lock %s (%s); continuing without it.", lock_path, exc)
-        if fd is not None:
-            os.close(fd)
-        return None
+        src = _fs.open_regular(source)
+    except NotRegularFileError as exc:
+        raise DownloadError(f"Refusing the mirror entry {source}: {exc}; only regular files "
+                            "are copied.", url=str(source)) from None
+    with src, _fs.open_new(tmp) as dst:
+        size, copied = os.fstat(src.fileno()).st_size, 0
+        if size > bound.limit:
+            raise DownloadError(f"Refusing the mirror copy {source}: it is {size} bytes, more "
+                                f"than the {bound.limit} allowed by {bound.rule}.",
+                                url=str(source))
+        while chunk := src.read(HASH_CHUNK):
+            copied += len(chunk)
+            if copied > bound.limit:
+                raise DownloadError(f"Stopped copying the mirror copy {source}: it grew past the "
+                                    f"{bound.limit} bytes allowed by {bound.rule}.",
+                                    url=str(source))
+            dst.write(chunk)
 
 
 def _tidy(final: Path, problem: str, *, locked: bool) -> None:
     """Announce a corrupt cached copy; with the lock held, remove temp files of dead downloads."""
-    if final.exists():
+    if os.path.lexists(final):
         log.warning("Cached file %s is corrupt (%s); downloading it again.", final, problem)
     if locked:  # every live writer of this name holds the lock, so these are leftovers
-        for stale in final.parent.glob(f"{glob.escape(final.name)}.{'[0-9a-f]' * 8}.incomplete"):
-            stale.unlink(missing_ok=True)
+        _fs.remove_temps(final)
 
 
 def _unavailable(spec: FileSpec, final: Path, mirror: str | Path | None) -> WeightsUnavailableError:
@@ -300,13 +299,18 @@ def _wanted_hashes(spec: FileSpec) -> list[tuple[str, str, str, bool]]:
     return [(label, algo, want.lower(), prefix) for label, algo, want, prefix in wanted if want]
 
 
-def _hash_file(path: Path, algos: set[str]) -> dict[str, str]:
-    """Hex digests of ``path`` for each algorithm, reading it once in chunks."""
+def hash_file(path: str | os.PathLike, algos=("md5", "sha256")) -> dict[str, str]:
+    """Hex digests of the regular file ``path`` for each algorithm, reading it once in chunks."""
+    with _fs.open_regular(path) as f:
+        return hash_stream(f, algos)
+
+
+def hash_stream(f, algos) -> dict[str, str]:
+    """Hex digests of what is left to read in the binary file object ``f``."""
     hashers = {algo: hashlib.new(algo) for algo in algos}
-    with open(path, "rb") as f:
-        while chunk := f.read(HASH_CHUNK):
-            for hasher in hashers.values():
-                hasher.update(chunk)
+    while chunk := f.read(HASH_CHUNK):
+        for hasher in hashers.values():
+            hasher.update(chunk)
     return {algo: hasher.hexdigest() for algo, hasher in hashers.items()}
 
 

@@ -138,7 +138,8 @@ def _parse_file(chk, where, raw):
     hashes = {k: v.lower() for k, v in hashes.items()}
     if "sha256" in hashes and not hashes["sha256"].startswith(hashes.get("sha256_prefix", "")):
         chk.fail(where, "sha256 does not start with sha256_prefix")
-    return FileSpec(name=raw["name"], url=raw["url"], size=raw["size"], **hashes)
+    return FileSpec(name=raw["name"], url=raw["url"], size=raw["size"],
+                    size_mib=raw.get("size_mib"), **hashes)
 
 
 def _parse_transform(chk, where, raw):

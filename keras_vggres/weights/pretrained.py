@@ -128,19 +128,24 @@ def load_tag(model, model_name, record, *, include_top):
     """A manifest tag: fetch (cache / mirror / origin, verified), convert once if needed, load."""
     from keras_vggres.weights import download, h5, manifest
 
-    local = download.fetch(manifest.file_for(record, include_top))
+    spec = manifest.file_for(record, include_top)
+    local = download.fetch(spec)
     if record.format == "keras-h5":
         return h5.load_weights(model, str(local))
-    converted = converted_path(local, model_name, include_top=include_top)
-    if not converted.exists():
-        from keras_vggres.weights import convert
+    from keras_vggres.weights import convert, converted
 
-        convert.convert_pth_file(local, model_name, converted, include_top=include_top)
-    return h5.load_weights(model, str(converted))
+    target = converted_path(local, model_name, include_top=include_top)
+    converted.ensure_converted(  # checked against its sidecar; rebuilt (with a warning) if wrong
+        local, spec, target,
+        lambda out: convert.convert_pth_file(local, model_name, out, include_top=include_top))
+    return h5.load_weights(model, str(target))
 
 
 def converted_path(source, model_name, *, include_top):
-    """Where the Keras HDF5 conversion of a torchvision file is cached: beside the source."""
+    """Where the Keras HDF5 conversion of a torchvision file is cached: beside the source.
+
+    Its JSON sidecar (``weights/converted.py``) binds it to the source's hashes.
+    """
     source = Path(source)
     suffix = "" if include_top else "_notop"
     return source.with_name(f"{source.stem}.{model_name}{suffix}.keras_vggres.h5")

@@ -10,7 +10,8 @@ class FileSpec:
     """One weight file: where it lives, what it must be, and what it is called on disk.
 
     At least one of ``md5``, ``sha256`` or ``sha256_prefix`` should be set; ``size`` is checked
-    when known. ``name`` is the bare file name used in caches and mirrors.
+    when known. ``name`` is the bare file name used in caches and mirrors. ``size_mib`` is a
+    published, rounded size (torchvision's); it only bounds a download when ``size`` is unknown.
     """
 
     name: str
@@ -19,3 +20,4 @@ class FileSpec:
     md5: str | None = None
     sha256: str | None = None
     sha256_prefix: str | None = None
+    size_mib: float | None = None
