@@ -19,6 +19,8 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from keras_vggres._progress import Progress
 from urllib.parse import urljoin, urlsplit
 
 from keras_vggres.weights import _fs, _limits
@@ -243,41 +245,7 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-class _Progress:
-    """One stderr line: MiB done / total, percent and rate, redrawn at most ten times a second."""
-
-    def __init__(self, label: str, *, enabled: bool):
-        self.label, self.enabled = label, enabled and sys.stderr is not None
-        self.done = self.base = 0
-        self.total = None
-        self.t0 = self.last = 0.0
-        self.width = 0  # of the longest line drawn; 0 = nothing drawn yet
-
-    def start(self, done: int, total: int | None) -> None:
-        self.done = self.base = done
-        self.total = total
-        self.t0 = time.monotonic()
-        self._draw(force=True)
-
-    def advance(self, n: int) -> None:
-        self.done += n
-        self._draw()
-
-    def close(self) -> None:
-        if self.width:
-            self._draw(force=True)
-            sys.stderr.write("\n")
-            sys.stderr.flush()
-
-    def _draw(self, *, force: bool = False) -> None:
-        now = time.monotonic()
-        if not self.enabled or (not force and now - self.last < 0.1):
-            return
-        self.last, mib = now, 1024 * 1024
-        rate = (self.done - self.base) / mib / max(now - self.t0, 1e-3)
-        of = f"/{self.total / mib:.1f}" if self.total else ""
-        pct = f" {100 * self.done / self.total:3.0f}%" if self.total else ""
-        line = f"{self.label}: {self.done / mib:.1f}{of} MiB{pct} {rate:.1f} MiB/s"
-        sys.stderr.write("\r" + line.ljust(self.width))  # pad over a longer previous line
-        sys.stderr.flush()
-        self.width = max(self.width, len(line))
+def _Progress(label: str, *, enabled: bool) -> Progress:
+    """The download bar on stderr: MiB done / total, percent and rate."""
+    return Progress(label, verbose=1 if enabled else 0, unit="MiB", scale=1024 * 1024,
+                    stream=sys.stderr)

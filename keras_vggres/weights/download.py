@@ -29,7 +29,7 @@ from pathlib import Path
 from urllib.parse import quote, urlsplit
 from urllib.request import url2pathname
 
-from keras_vggres import _atomic
+from keras_vggres import _atomic, _progress
 from keras_vggres.weights import _fs, _http, _limits
 from keras_vggres.weights._fs import NotRegularFileError, UnsafeCacheEntryError
 from keras_vggres.weights._http import DownloadError
@@ -340,9 +340,8 @@ def _env_flag(name: str) -> bool:
 
 
 def _show_progress(quiet: bool | None) -> bool:
-    """Whether to draw the progress bar: explicit ``quiet`` wins, then the env, then TTY-ness."""
+    """Whether to draw the progress bar: explicit ``quiet`` wins, then the environment
+    (`KERAS_VGGRES_QUIET`, `CI`), then whether stderr is a terminal or a notebook."""
     if quiet is not None:
         return not quiet
-    if _env_flag("KERAS_VGGRES_QUIET"):
-        return False
-    return sys.stderr is not None and sys.stderr.isatty()
+    return _progress.interactive(sys.stderr)
