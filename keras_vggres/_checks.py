@@ -17,6 +17,8 @@ PRECISIONS = ("float32", "mixed", "mixed_float16", "mixed_bfloat16")
 JIT_CHOICES = ("auto", True, False)
 BN_POLICIES = ("frozen", "train")
 VERBOSITY = ("auto", 0, 1, 2)
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+AUGMENTATIONS = (False, None, "flip", "basic", "random_resized_crop")
 
 
 def _is_member(value, choices):

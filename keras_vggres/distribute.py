@@ -30,13 +30,11 @@ import keras
 import tensorflow as tf
 
 from keras_vggres._keras_multiworker import fix_multiworker_fit
-from keras_vggres.models._common import check_choice
+from keras_vggres._checks import (JIT_CHOICES, PRECISIONS, STRATEGY_KINDS, check_choice,
+                                  check_int)
 
 logger = logging.getLogger("keras_vggres")
 
-STRATEGY_KINDS = ("auto", "tpu", "multiworker", "mirrored", "none")
-PRECISIONS = ("float32", "mixed", "mixed_float16", "mixed_bfloat16")
-JIT_CHOICES = ("auto", True, False)
 SHARD_POLICIES = ("data", "file", "off")
 TF_CONFIG_TASKS = ("chief", "worker", "evaluator")  # "ps" needs ParameterServerStrategy
 MIN_FILES_PER_WORKER = 4      # below this, FILE sharding leaves workers badly unbalanced
@@ -237,10 +235,7 @@ def replicas(strategy=None):
 
 def global_batch_size(per_replica, strategy=None):
     """The batch size to give the dataset: `per_replica * replicas(strategy)`."""
-    if isinstance(per_replica, bool) or not isinstance(per_replica, int) or per_replica < 1:
-        raise ValueError(f"`per_replica` must be an integer >= 1; received "
-                         f"per_replica={per_replica!r}.")
-    return per_replica * replicas(strategy)
+    return check_int("per_replica", per_replica, low=1) * replicas(strategy)
 
 
 def _task(strategy=None):
@@ -405,17 +400,13 @@ def compile_kwargs(jit_compile="auto", **compile_args):
     `"auto"` is Keras' default: XLA on a single GPU/TPU, off on CPU-only machines and under a
     tf.distribute strategy (TPUStrategy compiles with XLA regardless); `True` forces XLA.
     """
-    if jit_compile not in JIT_CHOICES or not isinstance(jit_compile, (str, bool)):
-        raise ValueError(f"`jit_compile` must be one of {JIT_CHOICES}; received "
-                         f"jit_compile={jit_compile!r}.")
+    check_choice("jit_compile", jit_compile, JIT_CHOICES)
     return {**compile_args, "jit_compile": jit_compile}
 
 
 def predict_fn(model, *, jit_compile=True):
     """A `tf.function` running `model(x, training=False)`, XLA-compiled unless told otherwise."""
-    if not isinstance(jit_compile, bool):
-        raise ValueError("`jit_compile` must be True or False; received "
-                         f"jit_compile={jit_compile!r}.")
+    check_choice("jit_compile", jit_compile, (True, False))
 
     @tf.function(jit_compile=jit_compile, reduce_retracing=True)
     def run(x):

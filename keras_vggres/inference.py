@@ -18,10 +18,11 @@ import math
 import keras
 import numpy as np
 
+from keras_vggres._checks import JIT_CHOICES
 from keras_vggres.models import _common
+from keras_vggres.weights.info import attach, weights_info
 
 _FOLDABLE_ACTIVATIONS = ("linear", None)
-JIT_CHOICES = ("auto", True, False)
 DEFAULT_BATCH_SIZE = 32  # keras.Model.predict's
 
 
@@ -60,7 +61,7 @@ def optimize_for_inference(model, jit_compile="auto"):
         optimized.compile_from_config(model.get_compile_config())
     if jit_compile != "auto":
         optimized.jit_compile = jit_compile
-    return optimized
+    return attach(optimized, weights_info(model))
 
 
 @keras.saving.register_keras_serializable(package="keras_vggres")

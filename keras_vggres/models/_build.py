@@ -8,6 +8,7 @@ import keras
 
 from keras_vggres.models import _common
 from keras_vggres.weights import pretrained
+from keras_vggres.weights.info import attach
 
 
 def build(model_name, *, body, top, include_top, weights, input_tensor, input_shape, pooling,
@@ -39,4 +40,6 @@ def build(model_name, *, body, top, include_top, weights, input_tensor, input_sh
              else _common.pooled_output(x, pooling))
         model = keras.Model(inputs, x, name=name)
         pretrained.load(model, model_name, choice, include_top=include_top)
-    return model
+    return attach(model, pretrained.describe_weights(
+        model_name, choice, variant=variant, preprocess=mode, include_top=include_top,
+        classes=classes))

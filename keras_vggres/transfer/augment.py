@@ -12,13 +12,12 @@ import math
 
 import numpy as np
 
-AUGMENTATIONS = (False, None, "flip", "basic", "random_resized_crop")
+from keras_vggres._checks import AUGMENTATIONS, check_choice
+
 
 
 def make_augment(augment, seed):
     """None, a function `images -> images` on training batches, or a `DecodeTimeAugment`."""
-    from keras_vggres._checks import check_choice
-
     if augment in (False, None):
         return None
     if callable(augment):

@@ -17,7 +17,7 @@ __all__ = ["extract_features", "list_images", "save_features"]
 logger = logging.getLogger("keras_vggres")
 
 
-def list_images(source):
+def list_images(source, verbose=0):
     """(paths, labels, class names) of a folder or a list of image paths.
 
     A folder with class sub-folders goes through the hygiene scan (labels = class indices,
@@ -38,7 +38,7 @@ def list_images(source):
                                 "of image paths).")
     subdirs = [d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")]
     if subdirs:
-        report = scan_folder(folder)
+        report = scan_folder(folder, verbose=verbose)
         logger.info("extract_features: %s", report)
         files = [f for split in report.files.values() for f in split]
         return [f.path for f in files], [f.label for f in files], list(report.class_names)
@@ -47,23 +47,20 @@ def list_images(source):
 
 
 def save_features(out, features, paths, labels, class_names):
-    """Write the `.npz` atomically (a temporary file, then `os.replace`); return `out`."""
+    """Write the `.npz` atomically (a temporary file, then a rename); return `out`."""
     import numpy as np
 
+    from keras_vggres._atomic import replacing
+
     out = os.fspath(out)
-    tmp = f"{out}.tmp.npz"   # np.savez appends ".npz" to names without it
-    try:
-        np.savez(tmp, features=features, paths=np.array(paths), labels=np.array(labels),
+    with replacing(out) as tmp, open(tmp, "xb") as f:  # a file object: no ".npz" appended
+        np.savez(f, features=features, paths=np.array(paths), labels=np.array(labels),
                  class_names=np.array(class_names))
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return out
 
 
 def extract_features(source, *, model="resnet50", weights=None, image_size=224, pooling="avg",
-                     batch_size=16, out="feats.npz", strategy=None):
+                     batch_size=16, out="feats.npz", strategy=None, verbose="auto"):
     """Pooled embeddings of images through a no-top registered model, saved to `out`.
 
     Args:
@@ -78,6 +75,11 @@ def extract_features(source, *, model="resnet50", weights=None, image_size=224, 
             atomically; None: nothing written.
         strategy: None, a kind for `keras_vggres.distribute.strategy` or a
             `tf.distribute.Strategy`; when given, the model is built inside its scope.
+        verbose: progress of the scan and the embedding pass: "auto" (a bar in a terminal
+            or notebook), 0, 1 or 2.
+
+    Images are loaded with the weights' own eval transform (e.g. 256 -> 224, or 232 -> 224
+    bicubic for torchvision's V2 ResNet50), scaled to `image_size`.
 
     Returns:
         `(features, paths, labels, class_names)`: float32 (N, D), list of str, list of int
@@ -93,7 +95,7 @@ def extract_features(source, *, model="resnet50", weights=None, image_size=224, 
         from keras_vggres import distribute
 
         active = distribute.strategy(strategy)
-    paths, labels, class_names = list_images(source)
+    paths, labels, class_names = list_images(source, verbose=verbose)
     if not paths:
         raise ValueError(f"No images in {source!r}.")
     weights = None if weights is None or str(weights).lower() == "none" else weights
@@ -106,7 +108,7 @@ def extract_features(source, *, model="resnet50", weights=None, image_size=224, 
 
         backbone = distribute.build_in_scope(active, keras_vggres.get_model, model, **kwargs)
     features = embed(backbone, paths, batch_size=batch_size, pooling=pooling,
-                     image_size=image_size, verbose=0)
+                     image_size=image_size, verbose=verbose)
     if out is not None:
         save_features(out, features, paths, labels, class_names)
     return features, paths, labels, class_names

@@ -200,14 +200,15 @@ def _prepare(ctx):
     ctx.model = distribute.build_in_scope(ctx.strategy, build_classifier, s["model"],
                                           s["weights"], s["image_size"],
                                           len(scan.class_names), s["dropout"])
-    ctx.info = weights_info(find_backbone(ctx.model)[0])
     size = (s["image_size"], s["image_size"])
+    backbone_info = weights_info(find_backbone(ctx.model)[0])
+    ctx.info = backbone_info.replace(transform=scaled_to(backbone_info.transform, size))
     split = (None if scan.layout == "train/val" and "val" in scan.files
              else s["validation_split"])
     ctx.data = from_scan(scan, image_size=size, batch_size=s["global_batch_size"],
                          validation_split=split, seed=s["seed"], preprocessing="raw",
                          augment=ctx.augment, cache=ctx.cache,
-                         transform=scaled_to(ctx.info.transform, size))
+                         transform=ctx.info.transform)
     for name in ("train", "val", "test"):
         pipeline = getattr(ctx.data, name)
         if pipeline is not None:

@@ -7,6 +7,8 @@ import math
 import keras
 from keras import ops
 
+from keras_vggres._checks import check_int, check_number
+
 
 @keras.saving.register_keras_serializable(package="keras_vggres")
 class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
@@ -27,15 +29,11 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
     def __init__(self, base_lr, total_steps, warmup_steps=0, min_lr=0.0, warmup_start=0.0,
                  name="warmup_cosine"):
         super().__init__()
-        _check_number("base_lr", base_lr, positive=True)
-        _check_number("min_lr", min_lr)
-        _check_number("warmup_start", warmup_start)
-        if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
-            raise ValueError(f"`total_steps` must be an integer >= 1; received {total_steps!r}.")
-        if (isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int)
-                or not 0 <= warmup_steps <= total_steps):
-            raise ValueError(f"`warmup_steps` must be an integer in [0, total_steps="
-                             f"{total_steps}]; received {warmup_steps!r}.")
+        check_number("base_lr", base_lr, low=0, low_open=True)
+        check_number("min_lr", min_lr, low=0)
+        check_number("warmup_start", warmup_start, low=0)
+        check_int("total_steps", total_steps, low=1)
+        check_int("warmup_steps", warmup_steps, low=0, high=total_steps)
         if min_lr > base_lr:
             raise ValueError(f"`min_lr`={min_lr} must not exceed base_lr={base_lr}.")
         self.base_lr, self.total_steps, self.warmup_steps = float(base_lr), total_steps, \
@@ -56,11 +54,3 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
         return {"base_lr": self.base_lr, "total_steps": self.total_steps,
                 "warmup_steps": self.warmup_steps, "min_lr": self.min_lr,
                 "warmup_start": self.warmup_start, "name": self.name}
-
-
-def _check_number(arg, value, positive=False):
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and (
-        value > 0 if positive else value >= 0)
-    if not ok:
-        kind = "a number > 0" if positive else "a number >= 0"
-        raise ValueError(f"`{arg}` must be {kind}; received {arg}={value!r}.")

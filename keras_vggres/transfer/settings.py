@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import os
 
-from keras_vggres._checks import (BN_POLICIES, JIT_CHOICES, PRECISIONS, check_bool,
+from keras_vggres._checks import (BN_POLICIES, JIT_CHOICES, OPTIMIZERS, PRECISIONS,  # noqa: F401
+                                  check_bool,
                                   check_choice, check_int, check_number, check_optional)
 from keras_vggres.transfer.augment import describe, make_augment
 
-OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
-ALL_STAGES = "all"
 WEIGHT_SUFFIXES = (".h5", ".hdf5", ".keras", ".weights.h5", ".pth", ".pt")
 
 

@@ -102,6 +102,23 @@ def default_preprocessing(model_name, variant=None, *, torch_file=False):
     return manifest.get_weights(model_name, "imagenet").preprocess
 
 
+def describe_weights(model_name, choice, *, variant, preprocess, include_top, classes):
+    """The `WeightsInfo` a builder attaches: the tag's record, or what a file or random
+    weights assume (the mode of the model's weights for that variant, the default tag's
+    eval transform)."""
+    from keras_vggres.weights import info, manifest
+
+    if choice.record is not None:
+        return info.from_record(choice.record, include_top=include_top, classes=classes)
+    mode = preprocess or default_preprocessing(model_name, variant,
+                                               torch_file=choice.is_torch_file)
+    default = manifest.get_weights(model_name, "imagenet")
+    if choice.path is not None:
+        return info.for_file(model_name, choice.path, default, variant=variant, preprocess=mode,
+                             include_top=include_top, classes=classes)
+    return info.for_random(model_name, default, variant=variant, preprocess=mode)
+
+
 def load(model, model_name, choice, *, include_top):
     """Load the chosen weights into `model` (all or nothing); no-op for random weights."""
     if choice.record is not None:
