@@ -11,6 +11,7 @@ from keras_vggres.transfer.extract import extract_features
 from keras_vggres.transfer.finetune import finetune
 from keras_vggres.transfer.heads import classifier, classifier_head, feature_extractor
 from keras_vggres.transfer.hygiene import ScanReport, scan_folder
+from keras_vggres.transfer.runs import Run, load_run
 from keras_vggres.transfer.schedules import WarmupCosine
 from keras_vggres.transfer.stages import (FreezeSummary, freeze, freeze_summary, stages,
                                           unfreeze)
@@ -19,4 +20,5 @@ from keras_vggres.transfer.toydata import make_toy_dataset
 __all__ = ["stages", "freeze", "unfreeze", "freeze_summary", "FreezeSummary", "classifier",
            "classifier_head", "feature_extractor", "embed", "embed_dataset", "from_folder",
            "from_scan", "scan_folder", "ScanReport", "FolderData", "compute_class_weights",
-           "finetune", "FinetuneResult", "extract_features", "WarmupCosine", "make_toy_dataset"]
+           "finetune", "FinetuneResult", "extract_features", "WarmupCosine", "make_toy_dataset",
+           "load_run", "Run"]
