@@ -113,30 +113,32 @@ def load(model, model_name, choice, *, include_top):
 
 def load_file(model, model_name, path, *, include_top):
     """A local file: torchvision `.pth` is converted in memory; everything else is Keras'."""
-    from keras_vggres.weights import h5
+    from keras_vggres.weights.load import load_weights
 
     if path.lower().endswith(TORCH_SUFFIXES):
         from keras_vggres.weights import convert, torch_pth
+        from keras_vggres.weights.assign import assign_layer_weights
 
         plan = convert.convert_state_dict(torch_pth.load_pth(path), model_name,
                                           include_top=include_top)
-        return h5.assign_layer_weights(model, plan, source=path)
-    return h5.load_weights(model, path)
+        return assign_layer_weights(model, plan, source=path)
+    return load_weights(model, path)
 
 
 def load_tag(model, model_name, record, *, include_top):
     """A manifest tag: fetch (cache / mirror / origin, verified), convert once if needed, load."""
-    from keras_vggres.weights import download, h5, manifest
+    from keras_vggres.weights import download, manifest
+    from keras_vggres.weights.load import load_weights
 
     local = download.fetch(manifest.file_for(record, include_top))
     if record.format == "keras-h5":
-        return h5.load_weights(model, str(local))
+        return load_weights(model, str(local))
     converted = converted_path(local, model_name, include_top=include_top)
     if not converted.exists():
         from keras_vggres.weights import convert
 
         convert.convert_pth_file(local, model_name, converted, include_top=include_top)
-    return h5.load_weights(model, str(converted))
+    return load_weights(model, str(converted))
 
 
 def converted_path(source, model_name, *, include_top):
