@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 from keras_vggres._checks import check_bool
-from keras_vggres.weights import h5
+from keras_vggres.weights import h5, native
 from keras_vggres.weights.assign import assign_layer_weights
-
-NATIVE_SUFFIXES = (".keras", ".weights.h5", ".weights.json")
 
 
 def load_weights(model, path, skip_mismatch: bool = False, *,
@@ -29,8 +27,9 @@ def load_weights(model, path, skip_mismatch: bool = False, *,
     path = h5.existing_path(path)
     check_bool("skip_mismatch", skip_mismatch)
     check_bool("allow_nonfinite", allow_nonfinite)
-    if path.endswith(NATIVE_SUFFIXES):
-        model.load_weights(path, skip_mismatch=skip_mismatch)
+    if path.endswith(native.NATIVE_SUFFIXES):
+        native.load_native(model, path, skip_mismatch=skip_mismatch,
+                           allow_nonfinite=allow_nonfinite)
         return
     with h5.open_h5(path) as f:
         plan = h5.layer_datasets(f, path)  # h5py datasets: checked, then read one at a time
