@@ -346,6 +346,29 @@ def test_native_round_trips_still_load(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+def test_sharded_weights_index_checks_every_shard(tmp_path):
+    source = randomized(tiny_model(), 1)
+    index = tmp_path / "w.weights.json"
+    source.save_weights(index, max_shard_size=1e-7)  # ~100 bytes: one shard per layer
+    model = randomized(tiny_model(), 2)
+    load_weights(model, index)
+    for a, b in zip(snapshot(model), snapshot(source)):
+        np.testing.assert_array_equal(a, b)
+    model = randomized(tiny_model(), 2)
+    before = snapshot(model)
+    shards = json.loads(index.read_text())["weight_map"]
+    last = tmp_path / shards["/layers/dense_1/vars"][0]
+    edit_native(last, _native_replace(data=_with(np.inf, "f4")))
+    with pytest.raises(UnsafeWeightsError, match=rf"shard '{last.name}'.*not finite"):
+        load_weights(model, index)
+    config = json.loads(index.read_text())
+    config["weight_map"]["/layers/dense_1/vars"] = ["../elsewhere.weights.h5"]
+    index.write_text(json.dumps(config))
+    with pytest.raises(UnsafeWeightsError, match=r"'\.\./elsewhere\.weights\.h5' is not a plain"):
+        load_weights(model, index)
+    assert_unchanged(model, before)
+
+
 # ---------------------------------------------------------------- bounded memory
 
 
@@ -403,5 +426,5 @@ def test_huge_chunked_claims_cost_no_memory(legacy, tmp_path):
     assert shape_error in report[files[0]] and shape_error in report[files[1]]
     assert "declares shape (30000, 30000)" in report[files[2]]
     peak = max(report[f + " peak_mb"] for f in files)
-    print(f"peak RSS {peak:.0f} MB (before loading: {report['before_mb']:.0f} MB)", report)
+    print(f"peak RSS {peak:.0f} MB (before loading: {report['before_mb']:.0f} MB)")
     assert peak < 1024 and peak - report["before_mb"] < 100, report
