@@ -6,7 +6,7 @@ import pytest
 
 import keras_vggres
 from keras_vggres.models import _common
-from keras_vggres.weights import h5
+from keras_vggres.weights import assign, h5
 
 SHAPE = (32, 32, 3)
 
@@ -58,8 +58,8 @@ def test_kernels_are_placeholders_only_inside_the_context():
 def test_large_weights_are_assigned_in_place_slice_by_slice(tmp_path, monkeypatch, whole_read):
     """With tiny limits every kernel takes the in-place path; the result is exact either way."""
     source, path = _saved(tmp_path, builder=keras_vggres.ResNet18)
-    monkeypatch.setattr(h5, "ASSIGN_SLICE_BYTES", 1000)
-    monkeypatch.setattr(h5, "WHOLE_READ_BYTES", whole_read)
+    monkeypatch.setattr(assign, "ASSIGN_SLICE_BYTES", 1000)
+    monkeypatch.setattr(assign, "WHOLE_READ_BYTES", whole_read)
     loaded = keras_vggres.ResNet18(weights=path, include_top=False, input_shape=SHAPE)
     for expected, actual in zip(source.get_weights(), loaded.get_weights()):
         np.testing.assert_array_equal(actual, expected)

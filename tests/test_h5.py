@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from tests.support.tfkeras_files import Reference, make_reference, seeded_value, tfkeras_outputs
 
+from keras_vggres import models
 from keras_vggres.weights import h5 as wh5
 
 # (keras.applications name, include_top, input size). VGG16 top at 32 px keeps fc1 small
@@ -131,12 +132,9 @@ def test_read_weight_file_follows_weight_names(refs):
 
 
 def test_keras_vggres_builders_load(refs):
-    models = pytest.importorskip("keras_vggres.models")
     for case in ("resnet50_top", "resnet50v2_notop", "vgg16_notop"):
         ref = refs(case)
-        builder = getattr(models, ref.model, None)
-        if builder is None:
-            pytest.skip(f"keras_vggres.models.{ref.model} not available yet")
+        builder = getattr(models, ref.model)
         model = builder(**ref.builder_kwargs())
         wh5.load_weights(model, ref.path)
         assert_weights_equal_file(model, ref.path)

@@ -6,7 +6,9 @@ Re-exports are lazy so that `keras_vggres.weights.download` stays importable wit
 import importlib
 
 _EXPORTS = {
-    "keras_vggres.weights.h5": ("load_weights", "save_weights_h5"),
+    "keras_vggres.weights.load": ("load_weights",),
+    "keras_vggres.weights.h5": ("save_weights_h5",),
+    "keras_vggres.weights.refusals": ("UnsafeWeightsError",),
     "keras_vggres.weights.manifest": ("list_weights", "get_weights"),
     "keras_vggres.weights.download": ("fetch", "cache_dir"),
     "keras_vggres.weights.cache": ("verify_cache",),

@@ -12,6 +12,7 @@ from pathlib import Path
 
 TORCH_SUFFIXES = (".pth", ".pt")
 TORCH_VARIANT = "v1.5"
+CLASSIFIER_LAYERS = ("flatten", "fc1", "fc2", "predictions")  # the builders' top layers
 
 
 @dataclass(frozen=True)
@@ -130,32 +131,35 @@ def load(model, model_name, choice, *, include_top):
 
 def load_file(model, model_name, path, *, include_top):
     """A local file: torchvision `.pth` is converted in memory; everything else is Keras'."""
-    from keras_vggres.weights import h5
+    from keras_vggres.weights.load import load_weights
 
     if path.lower().endswith(TORCH_SUFFIXES):
         from keras_vggres.weights import convert, torch_pth
+        from keras_vggres.weights.assign import assign_layer_weights
 
         plan = convert.convert_state_dict(torch_pth.load_pth(path), model_name,
                                           include_top=include_top)
-        return h5.assign_layer_weights(model, plan, source=path)
-    return h5.load_weights(model, path)
+        return assign_layer_weights(model, plan, source=path)
+    # A full-model file loads into a no-top model: its classifier layers are left out.
+    return load_weights(model, path, drop_layers=() if include_top else CLASSIFIER_LAYERS)
 
 
 def load_tag(model, model_name, record, *, include_top):
     """A manifest tag: fetch (cache / mirror / origin, verified), convert once if needed, load."""
-    from keras_vggres.weights import download, h5, manifest
+    from keras_vggres.weights import download, manifest
+    from keras_vggres.weights.load import load_weights
 
     spec = manifest.file_for(record, include_top)
     local = download.fetch(spec)
     if record.format == "keras-h5":
-        return h5.load_weights(model, str(local))
+        return load_weights(model, str(local))
     from keras_vggres.weights import convert, converted
 
     target = converted_path(local, model_name, include_top=include_top)
     converted.ensure_converted(  # checked against its sidecar; rebuilt (with a warning) if wrong
         local, spec, target,
         lambda out: convert.convert_pth_file(local, model_name, out, include_top=include_top))
-    return h5.load_weights(model, str(target))
+    return load_weights(model, str(target))
 
 
 def converted_path(source, model_name, *, include_top):
