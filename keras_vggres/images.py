@@ -83,8 +83,10 @@ def open_rgb(path):
             img = Image.open(path)
     except Image.UnidentifiedImageError as err:
         raise ValueError(f"{name!r} is not an image file Pillow can read.") from err
-    except Image.DecompressionBombError as err:
-        raise ImageTooLargeError(f"Image {name!r} is too large to decode safely: {err}") from err
+    except Image.DecompressionBombError:
+        raise ImageTooLargeError(
+            f"Image {name!r} declares more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels (Pillow's "
+            f"decompression-bomb limit); at most MAX_PIXELS={MAX_PIXELS:,} are decoded.") from None
     except OSError as err:
         raise ValueError(f"Could not read image {name!r}: {err}") from err
     with img:

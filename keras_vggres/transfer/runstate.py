@@ -48,6 +48,7 @@ class RunState:
     """
 
     def __init__(self, out_dir, settings, *, files=None, restart=False, lock=True):
+        self._lock_fd = None
         self.out_dir = os.path.abspath(os.fspath(out_dir))
         self.path = os.path.join(self.out_dir, STATE_FILE)
         os.makedirs(self.out_dir, exist_ok=True)
