@@ -23,8 +23,10 @@ file. The rules, with the constants below (numbers and reasons sit next to each 
   and a storage may not claim more bytes than are left in the file: the inflation limit is 1x.
 * **Tensors**: the bytes materialised for the state dict may not exceed ``MAX_VIEW_FACTOR``
   times the bytes of the storages it uses, plus ``MATERIALISE_FLOOR_BYTES`` (views of one
-  storage are fine until then), checked before any storage is read; shapes, strides and offsets
-  are int64 and at most ``MAX_TENSOR_DIMS`` dimensions.
+  storage are fine until then). This is checked before any storage is read, once the storages
+  are known to be in the file (their zip headers within the inflation budget, or the legacy
+  file long enough), so a storage that only claims a size cannot raise the cap. Shapes,
+  strides and offsets are int64, with at most ``MAX_TENSOR_DIMS`` dimensions.
 """
 
 from __future__ import annotations
@@ -78,6 +80,11 @@ def brief(value) -> str:
     return _REPR.repr(value)
 
 
+def brief_list(values, count=5) -> str:
+    """The first ``count`` values, each `brief`, as a list."""
+    return f"[{', '.join(map(brief, list(values)[:count]))}]"
+
+
 def clip(text, limit=300) -> str:
     """``str(text)`` on one line, at most ``limit`` characters, for messages."""
     text = " ".join(str(text).split())
@@ -97,22 +104,27 @@ class RecordReader:
 
     def read(self, name, limit, *, whole):
         """Up to ``limit`` bytes of record ``name``; ``whole``: a longer record is an error."""
+        return self.read_reserved(name, self.reserve(name, limit, whole=whole))
+
+    def reserve(self, name, limit, *, whole):
+        """Check record ``name``'s headers against the limits and count the bytes it will give
+        (at most ``limit``; returned) against the file's budget, without reading it."""
         info = self._archive.getinfo(name)
         self._check_header(info, name, limit, whole)
         size = min(info.file_size, limit)
         allowance = max(INFLATION_FLOOR_BYTES, MAX_INFLATION * info.compress_size)
         if size > allowance:
             raise UnsafeCheckpointError(
-                f"{self._path}: record {name!r} is compressed "
+                f"{self._path}: record {brief(name)} is compressed "
                 f"{info.file_size // max(info.compress_size, 1)}x ({info.compress_size} -> "
                 f"{info.file_size} bytes); weight data expands at most {MAX_INFLATION}x "
                 "(torch.save stores records uncompressed). Refusing to inflate it.")
         if size > self._left:
             raise UnsafeCheckpointError(
-                f"{self._path}: record {name!r} would bring the bytes inflated from this "
+                f"{self._path}: record {brief(name)} would bring the bytes inflated from this "
                 f"{self._file_size}-byte file past {MAX_INFLATION}x its size; refusing to read it.")
         self._left -= size
-        return self._read_into(info, name, size)
+        return size
 
     def read_pickle(self, name):
         """A pickle record, whole, of at most ``MAX_PICKLE_BYTES``."""
@@ -121,22 +133,23 @@ class RecordReader:
     def _check_header(self, info, name, limit, whole):
         if info.compress_type not in _READ_METHODS or info.flag_bits & ~_READ_FLAGS:
             raise ValueError(
-                f"{self._path}: record {name!r} uses zip compression method "
+                f"{self._path}: record {brief(name)} uses zip compression method "
                 f"{info.compress_type} with flags {info.flag_bits:#06x}; only stored (as "
                 "torch.save writes) and deflated records, unencrypted, are read.")
         if not 0 <= info.header_offset <= self._file_size - info.compress_size:
-            raise ValueError(f"{self._path}: record {name!r} lies outside the file (offset "
+            raise ValueError(f"{self._path}: record {brief(name)} lies outside the file (offset "
                              f"{info.header_offset}, {info.compress_size} bytes); the zip is "
                              "truncated or corrupt.")
         if whole and info.file_size > limit:
-            raise UnsafeCheckpointError(f"{self._path}: record {name!r} is {info.file_size} "
+            raise UnsafeCheckpointError(f"{self._path}: record {brief(name)} is {info.file_size} "
                                         f"bytes; at most {limit} are accepted.")
 
-    def _read_into(self, info, name, size):
+    def read_reserved(self, name, size):
+        """The first ``size`` bytes of record ``name``, `reserve`d before."""
         buffer = bytearray(size)
         got = 0
         try:
-            with self._archive.open(info) as stream, memoryview(buffer) as view:
+            with self._archive.open(name) as stream, memoryview(buffer) as view:
                 while got < size:
                     n = stream.readinto(view[got:got + READ_CHUNK_BYTES])
                     if not n:
@@ -145,7 +158,7 @@ class RecordReader:
         # zipfile's errors for a damaged record: bad local header or CRC, a name in the local
         # header that is not UTF-8, a deflate stream that is corrupt or ends early.
         except (zipfile.BadZipFile, UnicodeDecodeError, zlib.error, EOFError) as exc:
-            raise ValueError(f"{self._path}: truncated or corrupt zip record {name!r}: "
+            raise ValueError(f"{self._path}: truncated or corrupt zip record {brief(name)}: "
                              f"{clip(exc)}") from exc
         del buffer[got:]
         return buffer

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from keras_vggres.weights._pth_limits import (
-    RecordReader, UnsafeCheckpointError, brief, check_materialised, check_view, clip,
+    RecordReader, UnsafeCheckpointError, brief, brief_list, check_materialised, check_view, clip,
 )
 from keras_vggres.weights._pth_pickle import DTYPES, TensorSpec, unpickle
 
@@ -95,15 +95,17 @@ def _tensor_nbytes(spec):
     return math.prod(spec.shape) * itemsize
 
 
-def _storage_array(buffer, storage, big_endian, path):
-    dtype = _storage_dtype(storage, big_endian)
-    need = storage.numel * dtype.itemsize
-    if len(buffer) < need:
+def _check_holds(nbytes, storage, path):
+    if nbytes < _storage_nbytes(storage):
         raise ValueError(
-            f"{path}: storage {brief(storage.key)} is truncated: it holds {len(buffer)} bytes but "
-            f"{storage.numel} {storage.dtype.name} elements need {need}."
+            f"{path}: storage {brief(storage.key)} is truncated: it holds {nbytes} bytes but "
+            f"{storage.numel} {storage.dtype.name} elements need {_storage_nbytes(storage)}."
         )
-    return np.frombuffer(buffer, dtype=dtype, count=storage.numel)
+
+
+def _storage_array(buffer, storage, big_endian, path):
+    _check_holds(len(buffer), storage, path)
+    return np.frombuffer(buffer, dtype=_storage_dtype(storage, big_endian), count=storage.numel)
 
 
 def _materialise(spec, flat):
@@ -122,16 +124,18 @@ def _materialise(spec, flat):
     return _bf16_to_f32(array) if spec.storage.dtype.name == "bfloat16" else array
 
 
-def _tensors(state, read_storages, path):
+def _tensors(state, storages_for, path):
     """Materialise every tensor, one storage at a time, each storage read once.
 
-    ``read_storages(wanted)`` yields ``(key, 1-D array)`` for each storage in ``wanted``; only
-    one storage buffer is alive at a time besides the finished copies. The copies' total size is
-    checked against the storages' before anything is read.
+    ``storages_for(wanted)`` checks that the file holds the bytes of every storage in ``wanted``
+    (reading none), then returns an iterator of ``(key, 1-D array)``; only one storage buffer is
+    alive at a time besides the finished copies. The copies' total size is checked against those
+    bytes before anything is read.
     """
     wanted = {spec.storage.key: spec.storage for spec in state.values()}
     for name, spec in state.items():
         check_view(name, spec, path)
+    storages = storages_for(wanted)
     check_materialised(sum(map(_tensor_nbytes, state.values())),
                        sum(map(_storage_nbytes, wanted.values())), path)
     users = {}
@@ -139,14 +143,14 @@ def _tensors(state, read_storages, path):
         users.setdefault(spec.storage.key, []).append(name)
     arrays = {}
     try:
-        for key, flat in read_storages(wanted):
+        for key, flat in storages:
             for name in users.pop(key):
                 arrays[name] = _materialise(state[name], flat)
     except MemoryError:  # sizes passed the limits, yet this machine cannot hold the copies
         raise ValueError(f"{path}: not enough memory to load its {len(state)} tensors (the file "
                          "is within limits; the machine is short of memory).") from None
     if users:
-        raise ValueError(f"{path}: storage records {sorted(users)[:5]} are missing.")
+        raise ValueError(f"{path}: storage records {brief_list(sorted(users))} are missing.")
     return {name: arrays[name] for name in state}
 
 
@@ -171,12 +175,14 @@ def _load_zip(path):
         names = set(archive.namelist())
         if len(names) != len(archive.namelist()):
             counts = collections.Counter(archive.namelist())
-            twice = sorted(n for n, count in counts.items() if count > 1)[:5]
-            raise ValueError(f"{path}: corrupt zip checkpoint: records {twice} appear twice.")
+            twice = sorted(n for n, count in counts.items() if count > 1)
+            raise ValueError(f"{path}: corrupt zip checkpoint: records {brief_list(twice)} "
+                             "appear twice.")
         pickles = sorted(n for n in names if n.count("/") == 1 and n.endswith("/data.pkl"))
         if len(pickles) != 1:
             raise ValueError(f"{path}: not a PyTorch checkpoint: expected one "
-                             f"'<archive>/data.pkl' record, found {pickles[:5] or 'none'}.")
+                             f"'<archive>/data.pkl' record, found "
+                             f"{brief_list(pickles) if pickles else 'none'}.")
         prefix = pickles[0][: -len("data.pkl")]
         records = RecordReader(archive, path, os.path.getsize(path))
         data_pkl = io.BytesIO(records.read_pickle(pickles[0]))  # the record read is freed
@@ -184,16 +190,20 @@ def _load_zip(path):
         del data_pkl
         big_endian = _zip_byteorder(records, f"{prefix}byteorder", names, path) == "big"
 
-        def read_storages(wanted):
+        def storages_for(wanted):
+            sizes = {}  # key -> bytes to read, counted against the file's inflation budget
             for key, storage in wanted.items():
                 record = f"{prefix}data/{key}"
                 if record not in names:
-                    raise ValueError(f"{path}: storage record {record!r} is missing "
+                    raise ValueError(f"{path}: storage record {brief(record)} is missing "
                                      "(truncated or corrupt checkpoint).")
-                data = records.read(record, _storage_nbytes(storage), whole=False)
-                yield key, _storage_array(data, storage, big_endian, path)
+                sizes[key] = records.reserve(record, _storage_nbytes(storage), whole=False)
+                _check_holds(sizes[key], storage, path)
+            return ((key, _storage_array(records.read_reserved(f"{prefix}data/{key}", size),
+                                         wanted[key], big_endian, path))
+                    for key, size in sizes.items())
 
-        return _tensors(state, read_storages, path)
+        return _tensors(state, storages_for, path)
 
 
 def _zip_byteorder(records, record, names, path):
@@ -226,20 +236,29 @@ def _load_legacy(path):
                              "storage twice.")
         size = os.fstat(stream.fileno()).st_size
 
-        def read_storages(wanted):
-            for key in keys:  # storages follow in key-list order, each as int64 numel + bytes
-                if key not in referenced:
-                    raise ValueError(f"{path}: corrupt legacy checkpoint: storage {brief(key)} "
-                                     "is listed but never referenced.")
-                array = _read_legacy_storage(stream, size, referenced[key], big_endian, path)
+        def read_all(wanted):  # storages follow in key-list order, as int64 numel + bytes
+            for key in keys:
+                array = _read_legacy_storage(stream, referenced[key], big_endian, path)
                 if key in wanted:
                     yield key, array
 
-        return _tensors(state, read_storages, path)
+        def storages_for(wanted):
+            odd = sorted((set(keys) - referenced.keys()) | (wanted.keys() - set(keys)))
+            if odd:
+                raise ValueError(f"{path}: corrupt legacy checkpoint: storages "
+                                 f"{brief_list(odd)} are "
+                                 "not both referenced by the pickle and listed after it.")
+            need, left = sum(8 + _storage_nbytes(referenced[k]) for k in keys), size - stream.tell()
+            if need > left:
+                raise ValueError(f"{path}: truncated legacy checkpoint: its storages need {need} "
+                                 f"bytes, the file has {left} left.")
+            return read_all(wanted)
+
+        return _tensors(state, storages_for, path)
 
 
-def _read_legacy_storage(stream, size, storage, big_endian, path):
-    """One storage: int64 numel, then its bytes, which must all be in the file (1x 'inflation')."""
+def _read_legacy_storage(stream, storage, big_endian, path):
+    """One storage: int64 numel, then its bytes (`storages_for` has checked they are there)."""
     header = stream.read(8)
     if len(header) < 8:
         raise ValueError(f"{path}: truncated legacy checkpoint at storage {brief(storage.key)}.")
@@ -247,11 +266,7 @@ def _read_legacy_storage(stream, size, storage, big_endian, path):
     if numel != storage.numel:
         raise ValueError(f"{path}: legacy storage {brief(storage.key)} holds {numel} elements, "
                          f"the pickle declares {storage.numel}.")
-    nbytes, left = _storage_nbytes(storage), size - stream.tell()
-    if nbytes > left:
-        raise ValueError(f"{path}: truncated legacy checkpoint: storage {brief(storage.key)} "
-                         f"needs {nbytes} bytes, the file has {left} left.")
-    return _storage_array(stream.read(nbytes), storage, big_endian, path)
+    return _storage_array(stream.read(_storage_nbytes(storage)), storage, big_endian, path)
 
 
 def load_pth(path) -> dict[str, np.ndarray]:

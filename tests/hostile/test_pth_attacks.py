@@ -107,6 +107,26 @@ def _views_of_one_storage(tmp_path):  # the reported 1.06 GB from a 786 KB file
         r"tensors would take 1073741824 bytes from 524288 bytes of storage; at most 4x"
 
 
+def _views_and_a_phantom_storage(tmp_path):
+    """The views' storage comes first; a second storage declares 4 TiB to inflate the view
+    budget, but its record holds 4 bytes: refused before any view is copied."""
+    numel = 512 * 1024 // 4
+    entries = {f"v{i}": flat_tensor("0", numel) for i in range(2048)}
+    entries["phantom"] = flat_tensor("1", 1 << 40)
+    return checkpoint_zip(tmp_path / "phantom.pth", state_pickle(entries),
+                          {"0": bytes(4 * numel), "1": bytes(4)}), \
+        r"storage '1' is truncated: it holds 4 bytes but 1099511627776 float32 elements need"
+
+
+def _views_and_a_phantom_storage_legacy(tmp_path):
+    numel = 512 * 1024 // 4
+    entries = {f"v{i}": p_tensor("0", numel, 0, (numel,), (1,), legacy=True) for i in range(2048)}
+    entries["phantom"] = p_tensor("1", 1 << 40, 0, (1,), (1,), legacy=True)
+    return legacy_file(tmp_path / "phantom_legacy.pth", state_pickle(entries), ["0", "1"],
+                       [(numel, bytes(4 * numel)), (1 << 40, bytes(4))]), \
+        r"truncated legacy checkpoint: its storages need 4398047035408 bytes, the file has 5243"
+
+
 def _opcode_flood(tmp_path):  # 20M empty lists: ~1.2 GB if unpickled
     pkl = b"\x80\x02(" + b"]" * 20_000_000 + b"l."
     return checkpoint_zip(tmp_path / "flood.pth", pkl), r"more than 1000000 opcodes"
@@ -155,7 +175,8 @@ def _deep_via_memo(tmp_path):
 
 
 MEMORY_ATTACKS = [_data_pkl_bomb, _byteorder_bomb, _storage_bomb, _many_small_bombs,
-                  _views_of_one_storage, _opcode_flood, _memo_index, _giant_frame,
+                  _views_of_one_storage, _views_and_a_phantom_storage,
+                  _views_and_a_phantom_storage_legacy, _opcode_flood, _memo_index, _giant_frame,
                   _giant_binunicode_legacy, _deep_tuple_key, _deep_lists, _deep_tuple_legacy,
                   _deep_via_memo]
 
@@ -346,8 +367,8 @@ def test_legacy_key_listed_twice(tmp_path):
 def test_legacy_storage_longer_than_the_file(tmp_path):
     pkl = state_pickle({"w": p_tensor("0", 1 << 40, 0, (2,), (1,), legacy=True)})
     path = legacy_file(tmp_path / "s.pth", pkl, ["0"], [(1 << 40, bytes(8))])
-    _refused(path, r"truncated legacy checkpoint: storage '0' needs 4398046511104 bytes, the "
-                   r"file has 8 left")
+    _refused(path, r"truncated legacy checkpoint: its storages need 4398046511112 bytes, the "
+                   r"file has 16 left")
 
 
 def test_legacy_header_pickle_naming_code(tmp_path):
