@@ -19,6 +19,8 @@ file. The rules, with the constants below (numbers and reasons sit next to each 
   ``MAX_PICKLE_OPCODES``, and no string, bytes or frame longer than what is left of the pickle.
   An object fetched from the memo may not be modified afterwards (a legitimate pickle fills a
   container before it references it again), so the depth the walk computes bounds the real one.
+  Dict keys and set members must be strings, bytes or numbers (ints of at most 64 bits): keys
+  such as tuples or huge ints can be crafted to share one hash, making each insert slower.
 * **Legacy (non-zip) files** use the same pickle scan (bounded by the bytes left in the file),
   and a storage may not claim more bytes than are left in the file: the inflation limit is 1x.
 * **Tensors**: the bytes materialised for the state dict may not exceed ``MAX_VIEW_FACTOR``
@@ -194,6 +196,16 @@ class _BoundedReader:
 
 
 _MUTATORS = frozenset({"APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS", "BUILD"})
+# Opcodes that hash the items they pop, as dict keys or set members: items[start::step].
+_HASHES = {"SETITEM": (1, 2), "SETITEMS": (1, 2), "DICT": (0, 2), "ADDITEMS": (1, 1),
+           "FROZENSET": (0, 1)}
+# Scalars whose hash an attacker cannot make collide: str and bytes (randomised SipHash),
+# floats, None, bools, and ints of at most 64 bits (hash = value mod 2**61 - 1).
+_SCALARS = frozenset({"NONE", "NEWTRUE", "NEWFALSE", "BININT", "BININT1", "BININT2", "FLOAT",
+                      "BINFLOAT", "STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE",
+                      "SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "BINBYTES",
+                      "SHORT_BINBYTES", "BINBYTES8"})
+_HASH_SAFE_INT_BITS = 64
 _KINDS = {"PUT": "put", "BINPUT": "put", "LONG_BINPUT": "put", "MEMOIZE": "put",
           "GET": "get", "BINGET": "get", "LONG_BINGET": "get", "MARK": "mark", "DUP": "dup",
           "POP": "pop", "EMPTY_LIST": "container", "EMPTY_DICT": "container",
@@ -205,13 +217,15 @@ def _plan(op):
     before = op.stack_before
     marked = pickletools.markobject in before
     fixed = before.index(pickletools.markobject) if marked else len(before)
-    kind = _KINDS.get(op.name) or ("modify" if op.name in _MUTATORS else
+    kind = _KINDS.get(op.name) or ("scalar" if op.name in _SCALARS else
+                                   "modify" if op.name in _MUTATORS else
                                    "leaf" if not before and op.stack_after else "build")
     return kind, fixed, marked
 
 
 _PLANS = {op: _plan(op) for op in pickletools.opcodes}
-_LEAF = ([0],)  # shared by every scalar, string and global: nothing may modify it
+_LEAF = ([0],)    # shared by every other leaf (globals, big ints, ...): nothing may modify it
+_SCALAR = ([0],)  # shared by every hash-safe scalar (`_SCALARS`): may be a key
 
 
 def _depth(entry):
@@ -232,7 +246,9 @@ class _StackModel:
     def step(self, op, arg, pos):
         kind, fixed, marked = _PLANS[op]
         stack = self.stack
-        if kind == "leaf":
+        if kind == "scalar":
+            stack.append(_SCALAR)
+        elif kind == "leaf":
             stack.append(_LEAF)
         elif kind == "container":
             stack.append([0])
@@ -240,7 +256,7 @@ class _StackModel:
             if arg.bit_length() > MAX_PICKLE_INT_BITS:
                 self.refuse(f"an int at byte {pos} has {arg.bit_length()} bits, more than "
                             f"{MAX_PICKLE_INT_BITS}")
-            stack.append(_LEAF)
+            stack.append(_SCALAR if arg.bit_length() <= _HASH_SAFE_INT_BITS else _LEAF)
         elif kind == "mark":
             self.marks.append(len(stack))
         elif kind == "put":
@@ -282,6 +298,11 @@ class _StackModel:
         return items + sliced
 
     def _build(self, op, kind, items, pos):
+        start, step = _HASHES.get(op.name, (len(items), 1))
+        if any(item is not _SCALAR for item in items[start::step]):
+            self.refuse(f"{op.name} at byte {pos} hashes a dict key or set member that is not a "
+                        "string, bytes or a number (ints of at most 64 bits): such keys can be "
+                        "crafted to collide")
         if kind == "modify":  # items[0], below the others, is the container modified
             target = items[0]
             if type(target) is not list:

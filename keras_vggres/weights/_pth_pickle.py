@@ -83,6 +83,12 @@ class _PickledOrderedDict(collections.OrderedDict):
         pass
 
 
+def _new_ordered_dict():
+    """What ``OrderedDict()`` unpickles to; pickle fills it with SETITEMS, whose keys the scan
+    checks. (Items passed as arguments would be hashed unchecked, and pickle never does that.)"""
+    return _PickledOrderedDict()
+
+
 class _TypeRef(NamedTuple):
     name: str
 
@@ -141,7 +147,7 @@ def _rebuild_from_type_v2(func, new_type, args, state):
 
 _REBUILD_TENSOR, _REBUILD_TENSOR_V2 = _Callable(_rebuild_tensor), _Callable(_rebuild_tensor_v2)
 _ALLOWED = {
-    ("collections", "OrderedDict"): _Callable(_PickledOrderedDict),
+    ("collections", "OrderedDict"): _Callable(_new_ordered_dict),
     ("torch._utils", "_rebuild_tensor"): _REBUILD_TENSOR,
     ("torch._utils", "_rebuild_tensor_v2"): _REBUILD_TENSOR_V2,
     ("torch._utils", "_rebuild_parameter"): _Callable(_rebuild_parameter),

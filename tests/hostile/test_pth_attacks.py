@@ -435,12 +435,36 @@ def test_forbidden_globals_are_refused_before_they_run(tmp_path, named, placemen
     p_global("collections", "OrderedDict") + p_tuple() + b"\x81",         # NEWOBJ on a non-type
     b"\x82\x01",                                                           # EXT1: registry code
     p_global("torch", "FloatStorage") + b"}" + b"b",                      # BUILD on a stand-in
-    b"}]Ns",                                                               # unhashable key
 ])
 def test_allowed_callables_with_wrong_arguments(tmp_path, payload):
     pkl = state_pickle({"w": flat_tensor("0", 1), "x": payload})
     _refused(checkpoint_zip(tmp_path / "a.pth", pkl, {"0": bytes(4)}),
              r"data.pkl is corrupt or not a tensor checkpoint")
+
+
+_P61 = (1 << 61) - 1  # CPython hashes an int to its value modulo this prime
+
+
+@pytest.mark.parametrize("keys", [
+    b"".join(p_int(k * _P61) + b"N" for k in range(1, 20_000)),
+    p_tuple(p_int(1), p_int(2)) + b"N",
+    b"]N",
+], ids=["colliding_ints", "tuple", "list"])
+def test_dict_keys_that_could_collide_are_refused(tmp_path, keys):
+    """20k ints equal modulo 2**61 - 1 share one hash: inserting them took seconds, 300k keys
+    (a 6 MB file) would take most of an hour. Only strings, bytes and numbers of at most 64
+    bits (whose hashes an attacker cannot pile up) may be dict keys or set members."""
+    pkl = b"\x80\x02}(" + keys + b"u."
+    _refused(checkpoint_zip(tmp_path / "k.pth", pkl),
+             r"SETITEMS at byte \d+ hashes a dict key .* crafted to collide", UnsafeCheckpointError)
+
+
+def test_ordered_dict_takes_no_items_as_arguments(tmp_path):
+    """``OrderedDict(items)`` would hash the items unchecked; pickle always uses SETITEMS."""
+    items = b"]" + p_tuple(p_tuple(p_int(1), p_int(2)), b"N") + b"a"  # [((1, 2), None)]
+    pkl = b"\x80\x02" + _call("collections", "OrderedDict", items) + b"."
+    _refused(checkpoint_zip(tmp_path / "o.pth", pkl),
+             r"corrupt or not a tensor checkpoint: .*_new_ordered_dict\(\) takes 0 positional")
 
 
 def test_refusal_message_is_bounded(tmp_path):
