@@ -10,8 +10,8 @@ file. The rules, with the constants below (numbers and reasons sit next to each 
   most ``MAX_INFLATION`` times the file's size (or the floor). Both are checked against the
   headers before a record is opened; records are then read in ``READ_CHUNK_BYTES`` chunks into
   a buffer of the checked size, which zipfile never overruns. Only stored (what ``torch.save``
-  writes) and deflated records are read; encrypted ones are refused. Records never read (e.g.
-  ``version``) cost nothing.
+  writes) and deflated records that lie inside the file are read; encrypted ones are refused.
+  Records never read (e.g. ``version``) cost nothing.
 * **Pickles** are walked opcode by opcode (`scan_pickle`, non-recursive, nothing built) before
   the unpickler runs: at most ``MAX_PICKLE_BYTES`` bytes and ``MAX_PICKLE_OPCODES`` opcodes,
   containers nested at most ``MAX_PICKLE_DEPTH`` deep (a deeper tuple crashes CPython when it
@@ -22,7 +22,8 @@ file. The rules, with the constants below (numbers and reasons sit next to each 
   Dict keys and set members must be strings, bytes or numbers (ints of at most 64 bits): keys
   such as tuples or huge ints can be crafted to share one hash, making each insert slower.
 * **Legacy (non-zip) files** use the same pickle scan (bounded by the bytes left in the file),
-  and a storage may not claim more bytes than are left in the file: the inflation limit is 1x.
+  and their storages together may not claim more bytes than are left after the pickles: the
+  inflation limit is 1x.
 * **Tensors**: the bytes materialised for the state dict may not exceed ``MAX_VIEW_FACTOR``
   times the bytes of the storages it uses, plus ``MATERIALISE_FLOOR_BYTES`` (views of one
   storage are fine until then). This is checked before any storage is read, once the storages

@@ -56,7 +56,7 @@ def _find_state_dict(obj, path):
         found = [k for k in _WRAPPER_KEYS
                  if isinstance(obj, Mapping) and isinstance(obj.get(k), Mapping)]
         if not found:
-            keys = (sorted(brief(k) for k in itertools.islice(obj, 100))[:10]
+            keys = (f"keys [{', '.join(sorted(map(brief, itertools.islice(obj, 100)))[:10])}]"
                     if isinstance(obj, Mapping) else type(obj).__name__)
             raise ValueError(
                 f"{path}: no tensor state dict found; expected a mapping of tensors or a dict "
