@@ -7,6 +7,8 @@ from contextlib import nullcontext
 import keras
 
 from keras_vggres.models import _common
+from keras_vggres.models.features import record_stages
+from keras_vggres.models.specs import stage_features
 from keras_vggres.weights import pretrained
 
 
@@ -16,7 +18,8 @@ def build(model_name, *, body, top, include_top, weights, input_tensor, input_sh
     """Build `model_name` with the keras.applications contract and load its weights.
 
     `body(x, variant)` returns the feature map; `top(x, classes, activation)` the classifier.
-    `variants` lists the architecture variants the family accepts (None: no choice).
+    `variants` lists the architecture variants the family accepts (None: no choice). The model
+    carries its stage record (`models.feature_info`).
     """
     weights_arg = _common.describe_weights_arg(weights)
     choice = pretrained.resolve(model_name, weights_arg)
@@ -34,9 +37,11 @@ def build(model_name, *, body, top, include_top, weights, input_tensor, input_sh
         if mode is not None:
             from keras_vggres.imagenet import ImageNetPreprocessing
             x = ImageNetPreprocessing(mode=mode, name="preprocessing")(x)
+        body_input = x
         x = body(x, variant)
         x = (top(x, classes, classifier_activation) if include_top
              else _common.pooled_output(x, pooling))
         model = keras.Model(inputs, x, name=name)
+        record_stages(model, body_input, stage_features(model_name, variant))
         pretrained.load(model, model_name, choice, include_top=include_top)
     return model
