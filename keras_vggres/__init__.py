@@ -4,7 +4,7 @@ Public API re-exports only. They are resolved lazily, so `import keras_vggres` s
 (no TensorFlow import, no network, no file I/O) until a name is used.
 """
 
-import importlib
+from keras_vggres._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -19,17 +19,4 @@ _EXPORTS = {
     "keras_vggres.weights.manifest": ("list_weights",),
     "keras_vggres.inference": ("optimize_for_inference",),
 }
-_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = list(_WHERE)
-
-
-def __getattr__(name):
-    if name in _WHERE:
-        value = getattr(importlib.import_module(_WHERE[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'keras_vggres' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + __all__)
+__all__, __getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)

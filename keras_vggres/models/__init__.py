@@ -4,7 +4,7 @@ Re-exports only, resolved lazily so that `keras_vggres.models.specs` (the archit
 imports without Keras.
 """
 
-import importlib
+from keras_vggres._lazy import lazy_exports
 
 _EXPORTS = {
     "keras_vggres.models.vgg": (
@@ -14,17 +14,4 @@ _EXPORTS = {
         "ResNet101V2", "ResNet152V2"),
     "keras_vggres.models.features": ("feature_info", "StageInfo"),
 }
-_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = list(_WHERE)
-
-
-def __getattr__(name):
-    if name in _WHERE:
-        value = getattr(importlib.import_module(_WHERE[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'keras_vggres.models' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + __all__)
+__all__, __getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
