@@ -18,7 +18,8 @@ from keras_vggres.models._build import build
 from keras_vggres.models.specs import (  # noqa: F401 (table names re-exported for callers)
     EXPANSION, KERAS_BN, RESNET_SPECS, RESNET_STAGES, RESNET_V2_STAGES, RESNET_VARIANTS,
     STAGE_WIDTHS, STEM_POOL, STEM_POOL_STRIDE, STEM_WIDTH, STYLES, TORCH_BN,
-    TORCHVISION_VARIANTS, V2_VARIANTS, ResNetStyle, block_convs, resnet_blocks, stem_conv)
+    TORCHVISION_VARIANTS, V2_VARIANTS, ResNetStyle, block_convs, resnet_blocks, resnet_depth_name,
+    stem_conv)
 
 
 def _bn(x, name, style):
@@ -99,60 +100,60 @@ def resnet_top(x, classes, classifier_activation):
     return _common.classifier_layer(classes, classifier_activation)(x)
 
 
-def build_resnet(model_name, *, variants, **contract):
+def build_resnet(model_name, **contract):
     """Build one ResNet from the table; `model_name` is e.g. `resnet50` or `resnet50v2`."""
-    depth_name = model_name.removesuffix("v2")
+    depth_name = resnet_depth_name(model_name)
     return build(model_name, body=lambda x, variant: resnet_body(x, depth_name, variant),
-                 top=resnet_top, variants=variants, **contract)
+                 top=resnet_top, **contract)
 
 
 # Public builders: the full keras.applications signature stays visible for help() and IDEs.
 def ResNet18(include_top=True, weights="imagenet", input_tensor=None, input_shape=None,
              pooling=None, classes=1000, classifier_activation="softmax", name="resnet18",
              include_preprocessing=False):
-    return build_resnet("resnet18", variants=TORCHVISION_VARIANTS, **locals())
+    return build_resnet("resnet18", **locals())
 
 
 def ResNet34(include_top=True, weights="imagenet", input_tensor=None, input_shape=None,
              pooling=None, classes=1000, classifier_activation="softmax", name="resnet34",
              include_preprocessing=False):
-    return build_resnet("resnet34", variants=TORCHVISION_VARIANTS, **locals())
+    return build_resnet("resnet34", **locals())
 
 
 def ResNet50(include_top=True, weights="imagenet", input_tensor=None, input_shape=None,
              pooling=None, classes=1000, classifier_activation="softmax", name="resnet50",
              include_preprocessing=False, variant=None):
-    return build_resnet("resnet50", variants=RESNET_VARIANTS, **locals())
+    return build_resnet("resnet50", **locals())
 
 
 def ResNet101(include_top=True, weights="imagenet", input_tensor=None, input_shape=None,
               pooling=None, classes=1000, classifier_activation="softmax", name="resnet101",
               include_preprocessing=False, variant=None):
-    return build_resnet("resnet101", variants=RESNET_VARIANTS, **locals())
+    return build_resnet("resnet101", **locals())
 
 
 def ResNet152(include_top=True, weights="imagenet", input_tensor=None, input_shape=None,
               pooling=None, classes=1000, classifier_activation="softmax", name="resnet152",
               include_preprocessing=False, variant=None):
-    return build_resnet("resnet152", variants=RESNET_VARIANTS, **locals())
+    return build_resnet("resnet152", **locals())
 
 
 def ResNet50V2(include_top=True, weights="imagenet", input_tensor=None, input_shape=None,
                pooling=None, classes=1000, classifier_activation="softmax", name="resnet50v2",
                include_preprocessing=False):
-    return build_resnet("resnet50v2", variants=V2_VARIANTS, **locals())
+    return build_resnet("resnet50v2", **locals())
 
 
 def ResNet101V2(include_top=True, weights="imagenet", input_tensor=None, input_shape=None,
                 pooling=None, classes=1000, classifier_activation="softmax", name="resnet101v2",
                 include_preprocessing=False):
-    return build_resnet("resnet101v2", variants=V2_VARIANTS, **locals())
+    return build_resnet("resnet101v2", **locals())
 
 
 def ResNet152V2(include_top=True, weights="imagenet", input_tensor=None, input_shape=None,
                 pooling=None, classes=1000, classifier_activation="softmax", name="resnet152v2",
                 include_preprocessing=False):
-    return build_resnet("resnet152v2", variants=V2_VARIANTS, **locals())
+    return build_resnet("resnet152v2", **locals())
 
 
 _VARIANT_DOC = """

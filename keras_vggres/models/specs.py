@@ -1,6 +1,6 @@
 """Every architecture fact of the VGG and ResNet families, once, as plain data and pure functions.
 
-Stdlib only (no Keras, no NumPy): the Keras builders, the registry, the torchvision converter and
+Stdlib only (no Keras, no NumPy; `_checks` is stdlib too): the Keras builders, the registry, the torchvision converter and
 the stage lookup all read this module, and the converter and the CLI's tables must not start
 TensorFlow. Rules that differ between ResNet flavours (which conv strides, which block of a stage
 strides, which conv has a bias, where BatchNorm sits) are fields of `ResNetStyle`, and the
@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import NamedTuple
+
+from keras_vggres._checks import check_choice
 
 IMAGE_CHANNELS = 3
 DEFAULT_SIZE = 224
@@ -74,7 +76,8 @@ RESNET_SPECS = {  # name: (block, blocks per stage conv2..conv5)
     "resnet50": ("bottleneck", (3, 4, 6, 3)), "resnet101": ("bottleneck", (3, 4, 23, 3)),
     "resnet152": ("bottleneck", (3, 8, 36, 3)),
 }
-V2_DEPTHS = ("resnet50", "resnet101", "resnet152")   # the depths keras.applications has as V2
+KERAS_RESNETS = ("resnet50", "resnet101", "resnet152")  # keras.applications' depths (v1 and V2)
+V2_SUFFIX = "v2"                                       # resnet50 -> resnet50v2
 STAGE_WIDTHS = (64, 128, 256, 512)
 EXPANSION = {"basic": 1, "bottleneck": 4}
 STEM_WIDTH = 64
@@ -209,15 +212,12 @@ def resnet_out_channels(depth_name):
 FAMILY_STAGES = {"vgg": VGG_STAGES, "resnet": RESNET_STAGES, "resnet_v2": RESNET_V2_STAGES}
 MODEL_FAMILIES = {**{name: "vgg" for name in VGG_MODELS},
                   **{name: "resnet" for name in RESNET_SPECS},
-                  **{f"{name}v2": "resnet_v2" for name in V2_DEPTHS}}
+                  **{name + V2_SUFFIX: "resnet_v2" for name in KERAS_RESNETS}}
 
 
 def family(model_name):
     """'vgg', 'resnet' or 'resnet_v2'; unknown names raise with the known ones."""
-    if model_name not in MODEL_FAMILIES:
-        raise ValueError(f"`model_name` must be one of {tuple(MODEL_FAMILIES)}; received "
-                         f"model_name={model_name!r}.")
-    return MODEL_FAMILIES[model_name]
+    return MODEL_FAMILIES[check_choice("model_name", model_name, tuple(MODEL_FAMILIES))]
 
 
 def variants(model_name):
@@ -227,7 +227,12 @@ def variants(model_name):
         return None
     if kind == "resnet_v2":
         return V2_VARIANTS
-    return TORCHVISION_VARIANTS if model_name not in V2_DEPTHS else RESNET_VARIANTS
+    return RESNET_VARIANTS if model_name in KERAS_RESNETS else TORCHVISION_VARIANTS
+
+
+def resnet_depth_name(model_name):
+    """The `RESNET_SPECS` row of a ResNet model: `resnet50v2` -> `resnet50`."""
+    return model_name.removesuffix(V2_SUFFIX)
 
 
 def _resolve(model_name, variant):
@@ -235,12 +240,8 @@ def _resolve(model_name, variant):
     kind, choices = family(model_name), variants(model_name)
     if choices is None:
         return kind, None, None
-    if variant is None:
-        variant = choices[0]
-    if variant not in choices:
-        raise ValueError(f"`variant` must be one of {(None,) + choices} for {model_name}; "
-                         f"received variant={variant!r}.")
-    return kind, model_name.removesuffix("v2"), variant
+    variant = check_choice("variant", variant, (None,) + choices) or choices[0]
+    return kind, resnet_depth_name(model_name), variant
 
 
 # ------------------------------------------------------------------------- stages and counts

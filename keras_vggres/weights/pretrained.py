@@ -10,8 +10,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from keras_vggres._checks import check_choice
+from keras_vggres.models.specs import TORCHVISION_VARIANT as TORCH_VARIANT
+
 TORCH_SUFFIXES = (".pth", ".pt")
-TORCH_VARIANT = "v1.5"
 
 
 @dataclass(frozen=True)
@@ -45,8 +47,6 @@ def resolve(model_name, weights):
 
 def pick_variant(model_name, choice, variant, variants):
     """The architecture variant: the tag's (conflicts raise), a `.pth` file's, or the default."""
-    from keras_vggres.models._common import check_choice
-
     if variants is None:  # the family has a single layout
         return None
     check_choice("variant", variant, (None,) + tuple(variants))
@@ -76,8 +76,6 @@ def preprocessing_mode(model_name, include_preprocessing, choice, variant):
     if include_preprocessing is False or include_preprocessing is None:
         return None
     if isinstance(include_preprocessing, str):
-        from keras_vggres.models._common import check_choice
-
         check_choice("include_preprocessing", include_preprocessing,
                      (True, False) + tuple(PREPROCESS_MODES))
         return include_preprocessing
