@@ -1,11 +1,11 @@
 """Every architecture fact of the VGG and ResNet families, once, as plain data and pure functions.
 
-Stdlib only (no Keras, no NumPy; `_checks` is stdlib too): the Keras builders, the registry, the torchvision converter and
-the stage lookup all read this module, and the converter and the CLI's tables must not start
-TensorFlow. Rules that differ between ResNet flavours (which conv strides, which block of a stage
-strides, which conv has a bias, where BatchNorm sits) are fields of `ResNetStyle`, and the
-blocks of a model come from one generator, `resnet_blocks`, so no caller restates them.
-Parameter counts are derived (`param_count`), never typed.
+Stdlib only (no Keras, no NumPy; `_checks` is stdlib too): the Keras builders, the registry,
+the torchvision converter and the stage lookup all read this module, and the converter and the
+CLI's tables must not start TensorFlow. Rules that differ between ResNet flavours (which conv
+strides, which block of a stage strides, which conv has a bias, where BatchNorm sits) are
+fields of `ResNetStyle`, and the blocks of a model come from one generator, `resnet_blocks`,
+so no caller restates them. Parameter counts are derived (`param_count`), never typed.
 """
 
 from __future__ import annotations
@@ -258,8 +258,8 @@ def stage_features(model_name, variant=None):
     """The body stages of a model (`head` excluded), in order."""
     kind, depth_name, variant = _resolve(model_name, variant)
     if kind == "vgg":
-        return tuple(StageSpec(f"block{b}", f"block{b}_pool", width, VGG_POOL ** b)
-                     for b, width in enumerate(VGG_WIDTHS, start=1))
+        return tuple(StageSpec(stage, f"{stage}_pool", width, VGG_POOL ** b)
+                     for b, (stage, width) in enumerate(zip(VGG_STAGES, VGG_WIDTHS), start=1))
     reduction = STEM_STRIDE * STEM_POOL_STRIDE
     found = {STEM: StageSpec(STEM, "pool1_pool", STEM_WIDTH, reduction)}
     for block in resnet_blocks(depth_name, variant):  # a stage's last block gives its output

@@ -186,13 +186,13 @@ def feature_extractor(model, stages=None, layers=None):
 
     A stage's feature is the output of the layer its builder recorded (`models.feature_info`),
     or for a model without the record, of the stage's last layer (every layer of a stage feeds
-    it); the two agree on our models: ResNet `stem` -> `pool1_pool`, `conv{s}` -> `conv{s}_block{last}_out`; ResNet V2 likewise
-    (V2 strides in the last block of conv2..conv4, so those outputs are already downsampled:
-    at 224 px conv2..conv5 are 28, 14, 7, 7; they are pre-activation sums), `post` ->
-    `post_relu`; VGG `block{b}` -> `block{b}_pool`, i.e. after the max-pool (at 224 px:
-    112, 56, 28, 14, 7). For pre-pool VGG features or ReLU taps (perceptual losses) name layers:
-    in plain VGG the ReLU is fused into the conv, so `block4_conv3` is the ReLU output; in
-    VGG-BN use `block4_relu3`.
+    it); the two agree on our models: ResNet `stem` -> `pool1_pool`, `conv{s}` ->
+    `conv{s}_block{last}_out`; ResNet V2 likewise (V2 strides in the last block of
+    conv2..conv4, so those outputs are already downsampled: at 224 px conv2..conv5 are 28, 14,
+    7, 7; they are pre-activation sums), `post` -> `post_relu`; VGG `block{b}` ->
+    `block{b}_pool`, i.e. after the max-pool (at 224 px: 112, 56, 28, 14, 7). For pre-pool VGG
+    features or ReLU taps (perceptual losses) name layers: in plain VGG the ReLU is fused into
+    the conv, so `block4_conv3` is the ReLU output; in VGG-BN use `block4_relu3`.
 
     Args:
         model: a VGG/ResNet model or a model containing one (features come from the backbone).
