@@ -5,9 +5,8 @@ Public API re-exports only. They are resolved lazily, so `import keras_vggres` s
 name our Keras objects loadable (`keras_vggres._register`).
 """
 
-import importlib
-
 from keras_vggres import _register
+from keras_vggres._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -25,20 +24,5 @@ _EXPORTS = {
     "keras_vggres.inference": ("optimize_for_inference",),
     "keras_vggres.saving": ("load_model", "save_model"),
 }
-_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = list(_WHERE)
-
-
+__all__, __getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
 _register.install()
-
-
-def __getattr__(name):
-    if name in _WHERE:
-        value = getattr(importlib.import_module(_WHERE[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'keras_vggres' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + __all__)

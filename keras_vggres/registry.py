@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from keras_vggres.models import resnet, vgg
+from keras_vggres.models.specs import RESNET_STAGES, RESNET_V2_STAGES, VGG_STAGES, param_count
 
 
 @dataclass(frozen=True)
@@ -17,27 +18,31 @@ class ModelSpec:
     family: str
     builder: Callable
     stages: tuple
-    params: int             # with the 1000-class top, default variant (tests check it)
     default_size: int = 224
+
+    @property
+    def params(self):
+        """Parameters with the 1000-class top and the default variant, derived from specs."""
+        return param_count(self.name)
 
 
 MODELS = {spec.name: spec for spec in (
-    ModelSpec("vgg11", "vgg", vgg.VGG11, vgg.VGG_STAGES, 132_863_336),
-    ModelSpec("vgg13", "vgg", vgg.VGG13, vgg.VGG_STAGES, 133_047_848),
-    ModelSpec("vgg16", "vgg", vgg.VGG16, vgg.VGG_STAGES, 138_357_544),
-    ModelSpec("vgg19", "vgg", vgg.VGG19, vgg.VGG_STAGES, 143_667_240),
-    ModelSpec("vgg11_bn", "vgg", vgg.VGG11BN, vgg.VGG_STAGES, 132_874_344),
-    ModelSpec("vgg13_bn", "vgg", vgg.VGG13BN, vgg.VGG_STAGES, 133_059_624),
-    ModelSpec("vgg16_bn", "vgg", vgg.VGG16BN, vgg.VGG_STAGES, 138_374_440),
-    ModelSpec("vgg19_bn", "vgg", vgg.VGG19BN, vgg.VGG_STAGES, 143_689_256),
-    ModelSpec("resnet18", "resnet", resnet.ResNet18, resnet.RESNET_STAGES, 11_699_112),
-    ModelSpec("resnet34", "resnet", resnet.ResNet34, resnet.RESNET_STAGES, 21_814_696),
-    ModelSpec("resnet50", "resnet", resnet.ResNet50, resnet.RESNET_STAGES, 25_636_712),
-    ModelSpec("resnet101", "resnet", resnet.ResNet101, resnet.RESNET_STAGES, 44_707_176),
-    ModelSpec("resnet152", "resnet", resnet.ResNet152, resnet.RESNET_STAGES, 60_419_944),
-    ModelSpec("resnet50v2", "resnet_v2", resnet.ResNet50V2, resnet.RESNET_V2_STAGES, 25_613_800),
-    ModelSpec("resnet101v2", "resnet_v2", resnet.ResNet101V2, resnet.RESNET_V2_STAGES, 44_675_560),
-    ModelSpec("resnet152v2", "resnet_v2", resnet.ResNet152V2, resnet.RESNET_V2_STAGES, 60_380_648),
+    ModelSpec("vgg11", "vgg", vgg.VGG11, VGG_STAGES),
+    ModelSpec("vgg13", "vgg", vgg.VGG13, VGG_STAGES),
+    ModelSpec("vgg16", "vgg", vgg.VGG16, VGG_STAGES),
+    ModelSpec("vgg19", "vgg", vgg.VGG19, VGG_STAGES),
+    ModelSpec("vgg11_bn", "vgg", vgg.VGG11BN, VGG_STAGES),
+    ModelSpec("vgg13_bn", "vgg", vgg.VGG13BN, VGG_STAGES),
+    ModelSpec("vgg16_bn", "vgg", vgg.VGG16BN, VGG_STAGES),
+    ModelSpec("vgg19_bn", "vgg", vgg.VGG19BN, VGG_STAGES),
+    ModelSpec("resnet18", "resnet", resnet.ResNet18, RESNET_STAGES),
+    ModelSpec("resnet34", "resnet", resnet.ResNet34, RESNET_STAGES),
+    ModelSpec("resnet50", "resnet", resnet.ResNet50, RESNET_STAGES),
+    ModelSpec("resnet101", "resnet", resnet.ResNet101, RESNET_STAGES),
+    ModelSpec("resnet152", "resnet", resnet.ResNet152, RESNET_STAGES),
+    ModelSpec("resnet50v2", "resnet_v2", resnet.ResNet50V2, RESNET_V2_STAGES),
+    ModelSpec("resnet101v2", "resnet_v2", resnet.ResNet101V2, RESNET_V2_STAGES),
+    ModelSpec("resnet152v2", "resnet_v2", resnet.ResNet152V2, RESNET_V2_STAGES),
 )}
 
 

@@ -1,10 +1,13 @@
 """torchvision state dict -> our Keras layers: the name map, its errors, and numeric parity.
 
 The reference networks (tests/support/torch_reference.py) reproduce torchvision's parameter
-names, so their state dicts stand in for the published .pth files.
+names, so their state dicts stand in for the published .pth files. They copy torchvision's own
+definitions and share no table with the package, so a wrong fact in `models/specs.py` fails here.
 """
 
+import dataclasses
 import inspect
+import types
 import os
 import subprocess
 import sys
@@ -17,6 +20,7 @@ import torch
 
 import keras_vggres
 from keras_vggres import registry
+from keras_vggres.models import specs
 from keras_vggres.weights import h5
 from keras_vggres.weights.convert import (TORCHVISION_MODELS, convert_pth_file, convert_state_dict,
                                           linear_to_dense, oihw_to_hwio, torchvision_layer_map,
@@ -353,3 +357,57 @@ def test_reading_and_converting_need_no_torch(resnet18_file, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     expected = torch.load(path, weights_only=True)["conv1.weight"].numpy().transpose(2, 3, 1, 0)
     np.testing.assert_array_equal(np.load(out), expected)
+
+
+# ------------------------------------------------------- the oracle does not share our tables
+
+
+def test_oracle_uses_no_package_table():
+    borrowed = [name for name, value in vars(torch_reference).items()
+                if (value.__name__ if isinstance(value, types.ModuleType)
+                    else getattr(value, "__module__", None) or "").startswith("keras_vggres")]
+    assert borrowed == []
+
+
+@pytest.mark.parametrize("model_name, table, key, wrong, pattern", [
+    ("resnet34", specs.RESNET_SPECS, "resnet34", ("basic", (3, 4, 5, 3)),
+     r"resnet34: unexpected keys: 12 \('layer3\.5\.bn1\.bias'"),
+    ("resnet50", specs.EXPANSION, "bottleneck", 2,
+     r"resnet50: 115 bad tensors: 'layer1\.0\.downsample\.0\.weight': expected shape "
+     r"\(128, 64, 1, 1\), got \(256, 64, 1, 1\)"),
+    ("vgg13_bn", specs.VGG_DEPTHS, 13, (2, 2, 2, 2, 1),
+     r"vgg13_bn: unexpected keys: 7 \('features\.31\.bias'"),
+])
+def test_a_wrong_table_entry_fails_against_the_oracle(monkeypatch, model_name, table, key, wrong,
+                                                      pattern):
+    state = _fake_state_dict(model_name, include_top=False)
+    convert_state_dict(state, model_name, include_top=False)   # the true table converts
+    monkeypatch.setitem(table, key, wrong)
+    with pytest.raises(ValueError, match=pattern):
+        convert_state_dict(state, model_name, include_top=False)
+
+
+def test_a_wrong_width_fails_against_the_oracle(monkeypatch):
+    state = _fake_state_dict("resnet18", include_top=False)
+    monkeypatch.setattr(specs, "STAGE_WIDTHS", (64, 128, 256, 256))
+    with pytest.raises(ValueError, match=r"'layer4\.0\.downsample\.0\.weight': expected "
+                                         r"shape \(256, 256, 1, 1\), got \(512, 256, 1, 1\)"):
+        convert_state_dict(state, "resnet18", include_top=False)
+
+
+def test_a_wrong_stride_rule_fails_numeric_parity(monkeypatch, resnet18_file):
+    """Strides change no weight shape: the oracle's forward pass is what catches them."""
+    net, path = resnet18_file
+    x = np.random.default_rng(2).normal(size=(1, 64, 64, 3)).astype(np.float32)
+    expected = _torch_forward(net, x, include_top=False)
+    plan = convert_state_dict(load_pth(path), "resnet18", include_top=False)
+    differences = []
+    for stride_block in ("first", "last"):   # torchvision's rule, then a wrong one
+        style = dataclasses.replace(specs.STYLES["v1.5"], stride_block=stride_block)
+        monkeypatch.setitem(specs.STYLES, "v1.5", style)
+        model = keras_vggres.ResNet18(weights=None, include_top=False, input_shape=(64, 64, 3))
+        h5.assign_layer_weights(model, plan, source=str(path))
+        actual = _forward(model, x)
+        differences.append(rel_diff(actual, expected) if actual.shape == expected.shape
+                           else np.inf)
+    assert differences[0] <= TOLERANCE < differences[1]

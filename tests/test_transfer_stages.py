@@ -1,13 +1,18 @@
-"""Stages by layer name (plain, round-tripped, nested) and freezing with the BatchNorm policy."""
+"""Stages by record or layer name (plain, round-tripped, nested) and freezing with the BN policy."""
+
+import sys
 
 import keras
 import numpy as np
 import pytest
 
+import keras_vggres.transfer
 from keras_vggres import models, registry
-from keras_vggres.transfer import (FreezeSummary, classifier, freeze, freeze_summary, stages,
-                                   unfreeze)
-from keras_vggres.transfer.stages import FAMILY_STAGES, HEAD, POST, STEM
+from keras_vggres.models import feature_info
+from keras_vggres.transfer import (FreezeSummary, classifier, feature_extractor, freeze,
+                                   freeze_summary, stage_layers, stages, unfreeze)
+from keras_vggres.transfer.stages import (FAMILY_STAGES, HEAD, POST, STEM, _named_groups,
+                                          find_backbone)
 
 # registry name -> builder kwargs (small inputs; the VGG11BN top covers flatten/fc1/fc2)
 CASES = {
@@ -115,6 +120,40 @@ def test_stage_names_come_from_the_registry():
     for stage_tuple in families.values():
         assert stage_tuple[-1] == HEAD
     assert STEM in families["resnet"] and POST in families["resnet_v2"]
+
+
+def _names(groups):
+    return {stage: [layer.name for layer in members] for stage, members in groups.items()}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_stage_record_and_name_rules_agree(name, tmp_path):
+    """Our model (its stage record) and its `.keras` reload (layer-name rules) split alike."""
+    model = build(name)
+    path = tmp_path / f"{name}.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert feature_info(model) is not None and feature_info(loaded) is None
+    family = registry.get_spec(name).family
+    assert find_backbone(model)[1] == find_backbone(loaded)[1] == family
+    recorded = _names(stage_layers(model))
+    assert recorded == _names(stage_layers(loaded)) == _names(_named_groups(model, family))
+    assert freeze_summary(model) == freeze_summary(loaded)
+    body = [stage for stage in registry.get_spec(name).stages if stage != HEAD]
+    producers = [{stage: tensor._keras_history.operation.name
+                  for stage, tensor in feature_extractor(m, stages=body).output.items()}
+                 for m in (model, loaded)]
+    assert producers[0] == producers[1]
+    assert producers[0] == {s.stage: s.layer for s in feature_info(model) if s.stage != HEAD}
+
+
+def test_stage_layers_is_the_new_name_of_stages():
+    from keras_vggres.transfer.stages import stages as module_alias
+
+    assert keras_vggres.transfer.stages is keras_vggres.transfer.stage_layers is stage_layers
+    assert stages is module_alias is stage_layers
+    assert sys.modules["keras_vggres.transfer.stages"].stage_layers is stage_layers
+    assert "stage_layers" in keras_vggres.transfer.__all__
 
 
 def test_unknown_model_says_which_names_were_expected():

@@ -7,21 +7,23 @@ from contextlib import nullcontext
 import keras
 
 from keras_vggres.models import _common
+from keras_vggres.models.features import record_stages
+from keras_vggres.models.specs import stage_features, variants
 from keras_vggres.weights import pretrained
 from keras_vggres.weights.info import attach
 
 
 def build(model_name, *, body, top, include_top, weights, input_tensor, input_shape, pooling,
-          classes, classifier_activation, name, include_preprocessing, variant=None,
-          variants=None):
+          classes, classifier_activation, name, include_preprocessing, variant=None):
     """Build `model_name` with the keras.applications contract and load its weights.
 
     `body(x, variant)` returns the feature map; `top(x, classes, activation)` the classifier.
-    `variants` lists the architecture variants the family accepts (None: no choice).
+    The variants the model accepts come from `specs.variants`. The model carries its stage
+    record (`models.feature_info`).
     """
     weights_arg = _common.describe_weights_arg(weights)
     choice = pretrained.resolve(model_name, weights_arg)
-    variant = pretrained.pick_variant(model_name, choice, variant, variants)
+    variant = pretrained.pick_variant(model_name, choice, variant, variants(model_name))
     input_shape = _common.check_builder_args(
         include_top=include_top, pretrained=choice.record is not None, input_shape=input_shape,
         input_tensor=input_tensor, pooling=pooling, classes=classes,
@@ -35,10 +37,12 @@ def build(model_name, *, body, top, include_top, weights, input_tensor, input_sh
         if mode is not None:
             from keras_vggres.preprocessing import add_preprocessing
             x = add_preprocessing(x, mode)
+        body_input = x
         x = body(x, variant)
         x = (top(x, classes, classifier_activation) if include_top
              else _common.pooled_output(x, pooling))
         model = keras.Model(inputs, x, name=name)
+        record_stages(model, body_input, stage_features(model_name, variant))
         pretrained.load(model, model_name, choice, include_top=include_top)
     return attach(model, pretrained.describe_weights(
         model_name, choice, variant=variant, preprocess=mode, include_top=include_top,

@@ -2,6 +2,7 @@
 
 VGG16/VGG19 are layer-for-layer identical to keras.applications. The BN variants follow
 torchvision (conv with bias -> BatchNorm(eps 1e-5) -> ReLU) so its weights convert exactly.
+The depth and width tables live in `models/specs.py`.
 """
 
 from __future__ import annotations
@@ -10,39 +11,30 @@ from keras import layers
 
 from keras_vggres.models import _common
 from keras_vggres.models._build import build
-
-VGG_WIDTHS = (64, 128, 256, 512, 512)
-VGG_DEPTHS = {11: (1, 1, 2, 2, 2), 13: (2, 2, 2, 2, 2),
-              16: (2, 2, 3, 3, 3), 19: (2, 2, 4, 4, 4)}
-VGG_STAGES = ("block1", "block2", "block3", "block4", "block5", "head")
-# torchvision-style BatchNorm: PyTorch's eps, and momentum 0.1 in PyTorch's convention.
-TORCH_BN = {"epsilon": 1e-5, "momentum": 0.9}
-FC_UNITS = 4096
-
-
-def vgg_model_name(depth, *, batch_norm):
-    """Registry / model name of a VGG variant: `vgg16`, `vgg16_bn`."""
-    return f"vgg{depth}_bn" if batch_norm else f"vgg{depth}"
+from keras_vggres.models.specs import (  # noqa: F401 (table names re-exported for callers)
+    FC_UNITS, TORCH_BN, VGG_DEPTHS, VGG_KERNEL, VGG_POOL, VGG_STAGES, VGG_WIDTHS, vgg_convs,
+    vgg_model_name)
 
 
 def conv_unit(x, width, block, index, *, batch_norm):
     """3x3 conv + ReLU (Keras naming), or conv -> BN -> ReLU with `block{b}_bn{i}` names."""
     name = f"block{block}_conv{index}"
     if not batch_norm:
-        return _common.conv2d(width, 3, activation="relu", padding="same", name=name)(x)
+        return _common.conv2d(width, VGG_KERNEL, activation="relu", padding="same",
+                              name=name)(x)
     # Stride-1 3x3 "same" padding is exactly PyTorch's symmetric padding=1.
-    x = _common.conv2d(width, 3, padding="same", name=name)(x)
+    x = _common.conv2d(width, VGG_KERNEL, padding="same", name=name)(x)
     x = layers.BatchNormalization(axis=_common.channel_axis(), name=f"block{block}_bn{index}",
                                   **TORCH_BN)(x)
     return layers.Activation("relu", name=f"block{block}_relu{index}")(x)
 
 
 def vgg_body(x, depth, *, batch_norm):
-    """The five conv blocks, each closed by a 2x2 max-pool named `block{b}_pool`."""
-    for block, (convs, width) in enumerate(zip(VGG_DEPTHS[depth], VGG_WIDTHS), start=1):
-        for index in range(1, convs + 1):
-            x = conv_unit(x, width, block, index, batch_norm=batch_norm)
-        x = layers.MaxPooling2D(2, strides=2, name=f"block{block}_pool")(x)
+    """The convs of `specs.vgg_convs`, each block closed by a 2x2 max-pool `block{b}_pool`."""
+    for conv in vgg_convs(depth):
+        x = conv_unit(x, conv.width, conv.block, conv.index, batch_norm=batch_norm)
+        if conv.closes_block:
+            x = layers.MaxPooling2D(VGG_POOL, strides=VGG_POOL, name=f"block{conv.block}_pool")(x)
     return x
 
 

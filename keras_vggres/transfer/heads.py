@@ -12,13 +12,13 @@ import difflib
 
 import keras
 
-from keras_vggres.models._common import POOLING, check_choice
-from keras_vggres.transfer.stages import HEAD, POST, STEM, collect, find_backbone
+from keras_vggres._checks import POOLING, check_choice
+from keras_vggres.models.specs import TOP_LAYERS
+from keras_vggres.transfer.stages import HEAD, POST, STEM, collect, find_backbone, stage_output
 
 ACTIVATIONS = ("softmax", "sigmoid", "linear", None)
 POOLING_LAYERS = {"avg": keras.layers.GlobalAveragePooling2D,
                   "max": keras.layers.GlobalMaxPooling2D}
-TOP_LAYERS = ("flatten", "fc1", "fc2", "predictions")
 DEFAULT_TAPS = 3  # feature_extractor's default: the last three body stages
 
 
@@ -184,14 +184,15 @@ def classifier_head(model):
 def feature_extractor(model, stages=None, layers=None):
     """A model returning feature maps by stage name and/or layer name, as a dict.
 
-    A stage's feature is the output of its last layer (every layer of a stage feeds it):
-    ResNet `stem` -> `pool1_pool`, `conv{s}` -> `conv{s}_block{last}_out`; ResNet V2 likewise
-    (V2 strides in the last block of conv2..conv4, so those outputs are already downsampled:
-    at 224 px conv2..conv5 are 28, 14, 7, 7; they are pre-activation sums), `post` ->
-    `post_relu`; VGG `block{b}` -> `block{b}_pool`, i.e. after the max-pool (at 224 px:
-    112, 56, 28, 14, 7). For pre-pool VGG features or ReLU taps (perceptual losses) name layers:
-    in plain VGG the ReLU is fused into the conv, so `block4_conv3` is the ReLU output; in
-    VGG-BN use `block4_relu3`.
+    A stage's feature is the output of the layer its builder recorded (`models.feature_info`),
+    or for a model without the record, of the stage's last layer (every layer of a stage feeds
+    it); the two agree on our models: ResNet `stem` -> `pool1_pool`, `conv{s}` ->
+    `conv{s}_block{last}_out`; ResNet V2 likewise (V2 strides in the last block of
+    conv2..conv4, so those outputs are already downsampled: at 224 px conv2..conv5 are 28, 14,
+    7, 7; they are pre-activation sums), `post` -> `post_relu`; VGG `block{b}` ->
+    `block{b}_pool`, i.e. after the max-pool (at 224 px: 112, 56, 28, 14, 7). For pre-pool VGG
+    features or ReLU taps (perceptual losses) name layers: in plain VGG the ReLU is fused into
+    the conv, so `block4_conv3` is the ReLU output; in VGG-BN use `block4_relu3`.
 
     Args:
         model: a VGG/ResNet model or a model containing one (features come from the backbone).
@@ -212,7 +213,7 @@ def feature_extractor(model, stages=None, layers=None):
     layer_names = (layers,) if isinstance(layers, str) else tuple(layers or ())
     for stage in stage_names:
         check_choice("stages", stage, valid)
-    outputs = {stage: groups[stage][-1].output for stage in stage_names}
+    outputs = {stage: stage_output(backbone, groups, stage).output for stage in stage_names}
     all_names = [layer.name for layer in backbone.layers]
     for layer_name in layer_names:
         if layer_name not in all_names:

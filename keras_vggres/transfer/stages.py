@@ -1,9 +1,11 @@
-"""Stages of a VGG / ResNet model, found by layer name, and stage-wise freezing with a BN policy.
+"""Stages of a VGG / ResNet model and stage-wise freezing with a BN policy.
 
-Stage names come from the registry (`ModelSpec.stages`); a layer's stage comes from its name
-(models/vgg.py and models/resnet.py name every layer), so the rules below work on our models,
-after a `.keras` round trip, on keras.applications' VGG16/19 and ResNet50/101/152(V2), and on a
-backbone nested inside a bigger model:
+Stage names come from `models/specs.py` (the registry's `ModelSpec.stages` are the same). A model
+built by our builders carries its stage record (`keras_vggres.models.feature_info`), which is
+used when present. Other models (keras.applications' VGG16/19 and ResNet50/101/152(V2), ours
+after a `.keras` round trip or `clone_model`) are split by layer name with the rules below, which
+give the same answer as the record on our models; both work on a backbone nested inside a bigger
+model:
 
 - VGG: `block{b}_*` -> `block{b}`.
 - ResNet: `conv1_*`, `pool1_*` -> `stem`; `conv{s}_block{k}_*` -> `conv{s}`; `post_*` -> `post`.
@@ -28,15 +30,13 @@ from dataclasses import dataclass
 
 import keras
 
-from keras_vggres import registry
-from keras_vggres.models._common import check_choice
+from keras_vggres._checks import BN_POLICIES, check_choice
+from keras_vggres.models.features import feature_info
+from keras_vggres.models.specs import FAMILY_STAGES, HEAD, POST, STEM  # noqa: F401 (re-exported)
 
-STEM, POST, HEAD = "stem", "post", "head"
 HEAD_LAYERS = ("flatten", "fc1", "fc2", "predictions", "avg_pool", "max_pool")
 NO_STAGE_LAYERS = ("preprocessing",)
-BN_POLICIES = ("frozen", "train")
-# family -> stage names, straight from the registry (resnet, resnet_v2, vgg).
-FAMILY_STAGES = {spec.family: spec.stages for spec in registry.MODELS.values()}
+_RECORDED_FAMILIES = {names: family for family, names in FAMILY_STAGES.items()}
 # Layer names that identify a family; the first match wins (V2 before v1: both have conv1_conv).
 FAMILY_MARKERS = (("resnet_v2", re.compile(r"post_bn$|conv\d+_block\d+_preact_bn$")),
                   ("resnet", re.compile(r"conv1_conv$")),
@@ -49,7 +49,11 @@ _STEM_PREFIXES = ("conv1_", "pool1_")
 
 # ----------------------------------------------------------------------------- finding stages
 def family_of(model):
-    """'vgg', 'resnet', 'resnet_v2' from `model`'s own layer names, or None."""
+    """'vgg', 'resnet', 'resnet_v2' from `model`'s stage record, else its own layer names; or
+    None."""
+    info = feature_info(model)
+    if info is not None:
+        return _RECORDED_FAMILIES[tuple(stage.stage for stage in info)]
     names = [layer.name for layer in getattr(model, "layers", ())]
     for family, marker in FAMILY_MARKERS:
         if any(marker.match(name) for name in names):
@@ -101,8 +105,31 @@ def stage_of(layer_name, family):
 
 
 def collect(model):
-    """`(backbone, family, {stage: [layers]})`; see `stages`."""
+    """`(backbone, family, {stage: [layers]})`; see `stage_layers`."""
     backbone, family = find_backbone(model)
+    info = feature_info(backbone)
+    groups = _recorded_groups(backbone, info) if info else _named_groups(backbone, family)
+    if backbone is not model:
+        groups[HEAD] += _wrapper_layers(model, backbone)
+    return backbone, family, groups
+
+
+def stage_output(backbone, groups, stage):
+    """The layer giving `stage`'s feature map: the recorded one, else the stage's last layer
+    (every layer of a stage feeds it)."""
+    info = feature_info(backbone)
+    if info is None:
+        return groups[stage][-1]
+    return backbone.get_layer(next(s.layer for s in info if s.stage == stage))
+
+
+def _recorded_groups(backbone, info):
+    by_name = {layer.name: layer for layer in backbone.layers}
+    return {stage.stage: [by_name[name] for name in stage.layers] for stage in info}
+
+
+def _named_groups(backbone, family):
+    """The layer-name rules (`stage_of`) for models without a record."""
     groups = {stage: [] for stage in FAMILY_STAGES[family]}
     for layer in backbone.layers:
         stage = stage_of(layer.name, family)
@@ -115,9 +142,7 @@ def collect(model):
             raise ValueError(f"Layer {layer.name!r} of {backbone.name!r} names stage {stage!r}, "
                              f"which a {family} model does not have: {tuple(groups)}.")
         groups[stage].append(layer)
-    if backbone is not model:
-        groups[HEAD] += _wrapper_layers(model, backbone)
-    return backbone, family, groups
+    return groups
 
 
 def _contains(container, layer):
@@ -138,12 +163,14 @@ def _wrapper_layers(model, backbone):
     return added
 
 
-def stages(model):
+def stage_layers(model):
     """The layers of each stage of a VGG or ResNet model, in model order.
 
-    The model family is read from layer names, not from the Python class: this works on our
-    models, after a `.keras` save/load, and on a backbone nested inside a bigger model (pass the
-    outer model or the backbone).
+    Our builders' stage record is used when the model has one; otherwise the model family and
+    stages are read from layer names, not from the Python class. This works on our models, after
+    a `.keras` save/load, on keras.applications' models, and on a backbone nested inside a
+    bigger model (pass the outer model or the backbone). Also available as `stages` (its
+    former name, kept for existing callers).
 
     Args:
         model: a keras_vggres VGG/ResNet model, or a model that contains exactly one.
@@ -161,6 +188,9 @@ def stages(model):
             contains several, or has a weighted layer no stage rule covers.
     """
     return collect(model)[2]
+
+
+stages = stage_layers  # the former name; `keras_vggres.transfer.stages` is this function too
 
 
 # ----------------------------------------------------------------------------- freezing
@@ -236,7 +266,7 @@ def freeze(model, up_to=None, stages=None, bn="frozen"):
     are set trainable where needed, but models above the one passed are not touched.
 
     Args:
-        model: a VGG/ResNet model or a model containing one (see `stages`).
+        model: a VGG/ResNet model or a model containing one (see `stage_layers`).
         up_to: a stage name: freeze every stage from the first one up to and including this one
             (`up_to="conv4"` freezes stem, conv2, conv3, conv4) and make every later stage
             trainable.
@@ -275,7 +305,7 @@ def unfreeze(model, stages=None, bn="frozen"):
     step. Nothing is compiled here.
 
     Args:
-        model: a VGG/ResNet model or a model containing one (see `stages`).
+        model: a VGG/ResNet model or a model containing one (see `stage_layers`).
         stages: a stage name or a list of them; None: every stage. The others keep their state.
         bn: `"frozen"` (default) keeps every BatchNorm layer outside the head frozen, so
             convolutions train while BN statistics stay put; `"train"` lets BatchNorm layers in

@@ -1,7 +1,9 @@
 """Convert torchvision ResNet / VGG state dicts to this package's Keras layers, by name.
 
-The name map is generated from the family tables (`RESNET_SPECS`, `VGG_DEPTHS` and their
-widths), so it covers every depth the builders know. Each Keras layer lists the torchvision keys
+The name map is generated from `models/specs.py` (the same VGG conv list and ResNet block
+generator the builders use, in torchvision's v1.5 style), so it covers every depth the builders
+know and restates no stride or projection rule; this module imports nothing that imports Keras.
+Each Keras layer lists the torchvision keys
 it is made of, in Keras weight order, with the named transform that turns a PyTorch tensor into
 a Keras weight (`oihw_to_hwio`, `linear_to_dense`, `vgg_fc1_to_dense`). Every key of the state
 dict is either used or reported; shapes are checked against the tables before anything is
@@ -16,17 +18,14 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from keras_vggres.models._common import check_choice
-from keras_vggres.models.resnet import EXPANSION, RESNET_SPECS, STAGE_WIDTHS, STEM_WIDTH
-from keras_vggres.models.vgg import FC_UNITS, VGG_DEPTHS, VGG_WIDTHS, vgg_model_name
+from keras_vggres._checks import check_choice
+from keras_vggres.models import specs
 
 __all__ = ["TORCHVISION_MODELS", "convert_pth_file", "convert_state_dict", "linear_to_dense",
            "oihw_to_hwio", "torchvision_layer_map", "vgg_fc1_to_dense"]
 
-TORCHVISION_MODELS = tuple(vgg_model_name(depth, batch_norm=bn)
-                           for depth in VGG_DEPTHS for bn in (False, True)) + tuple(RESNET_SPECS)
+TORCHVISION_MODELS = tuple(specs.VGG_MODELS) + tuple(specs.RESNET_SPECS)
 TORCHVISION_VGG_POOL = 7   # torchvision's VGG: AdaptiveAvgPool2d((7, 7)) before the classifier
-IMAGE_CHANNELS = 3
 MAX_KEYS_SHOWN = 5
 _BN_PARTS = (("weight", "gamma"), ("bias", "beta"), ("running_mean", "moving_mean"),
              ("running_var", "moving_variance"))
@@ -61,7 +60,7 @@ def linear_to_dense(array):
 def vgg_fc1_to_dense(array):
     """VGG fc1 (4096, C*H*W) flattened as torch's C,H,W -> Keras kernel for H,W,C flattening."""
     _check_ndim(array, 2, "vgg_fc1_to_dense")
-    channels, side = VGG_WIDTHS[-1], TORCHVISION_VGG_POOL
+    channels, side = specs.VGG_WIDTHS[-1], TORCHVISION_VGG_POOL
     if array.shape[1] != channels * side * side:
         raise ValueError(f"vgg_fc1_to_dense expects {channels * side * side} input features "
                          f"({channels}x{side}x{side}), got shape {array.shape}")
@@ -97,56 +96,50 @@ def _dense(torch_name, out_features, in_features, transform=linear_to_dense):
             _Source(f"{torch_name}.bias", identity, (out_features,), "bias")]
 
 
-def _resnet_block(plan, ours, theirs, kind, width, in_channels, stride):
-    """torchvision BasicBlock / Bottleneck (v1.5): convs without bias, each followed by a BN."""
-    out_channels = width * EXPANSION[kind]
-    if kind == "bottleneck":
-        convs = ((width, in_channels, 1), (width, width, 3), (out_channels, width, 1))
-    else:
-        convs = ((width, in_channels, 3), (width, width, 3))
-    if stride != 1 or in_channels != out_channels:  # torchvision's `downsample` rule
-        plan[f"{ours}_0_conv"] = _conv(f"{theirs}.downsample.0", out_channels, in_channels, 1,
-                                       bias=False)
-        plan[f"{ours}_0_bn"] = _bn(f"{theirs}.downsample.1", out_channels)
-    for index, (out_c, in_c, kernel) in enumerate(convs, start=1):
-        plan[f"{ours}_{index}_conv"] = _conv(f"{theirs}.conv{index}", out_c, in_c, kernel,
-                                             bias=False)
-        plan[f"{ours}_{index}_bn"] = _bn(f"{theirs}.bn{index}", out_c)
-    return out_channels
+def _add_conv(plan, conv, torch_conv, torch_bn):
+    """`conv` (a specs.ConvSpec) and its BatchNorm, from torchvision modules of these names."""
+    plan[f"{conv.prefix}_conv"] = _conv(torch_conv, conv.filters, conv.in_channels, conv.kernel,
+                                        bias=conv.bias)
+    if conv.bn:
+        plan[f"{conv.prefix}_bn"] = _bn(torch_bn, conv.filters)
+
+
+def _torch_block_modules(block, conv):
+    """torchvision's module names of one block conv: `layer{i}.{k}.conv{j}` or `.downsample`."""
+    theirs = f"layer{block.stage - specs.FIRST_STAGE + 1}.{block.block - 1}"
+    if conv.index == 0:
+        return f"{theirs}.downsample.0", f"{theirs}.downsample.1"
+    return f"{theirs}.conv{conv.index}", f"{theirs}.bn{conv.index}"
 
 
 def _resnet_plan(model_name):
-    kind, blocks_per_stage = RESNET_SPECS[model_name]
-    plan = {"conv1_conv": _conv("conv1", STEM_WIDTH, IMAGE_CHANNELS, 7, bias=False),
-            "conv1_bn": _bn("bn1", STEM_WIDTH)}
-    channels = STEM_WIDTH
-    for stage, (blocks, width) in enumerate(zip(blocks_per_stage, STAGE_WIDTHS), start=2):
-        for block in range(1, blocks + 1):
-            stride = 2 if block == 1 and stage > 2 else 1
-            channels = _resnet_block(plan, f"conv{stage}_block{block}",
-                                     f"layer{stage - 1}.{block - 1}", kind, width, channels, stride)
-    plan["predictions"] = _dense("fc", None, channels)
+    """torchvision's ResNet: the blocks of `specs.resnet_blocks` in its v1.5 style."""
+    variant = specs.TORCHVISION_VARIANT
+    style = specs.STYLES[variant]
+    plan = {}
+    _add_conv(plan, specs.stem_conv(style), "conv1", "bn1")
+    for block in specs.resnet_blocks(model_name, variant):
+        for conv in specs.block_convs(block, style):
+            _add_conv(plan, conv, *_torch_block_modules(block, conv))
+    plan["predictions"] = _dense("fc", None, specs.resnet_out_channels(model_name))
     return plan
 
 
 def _vgg_plan(depth, batch_norm):
     """Walk torchvision's `features` Sequential: conv, [bn,] relu per conv; a max-pool per block."""
-    plan, index, channels = {}, 0, IMAGE_CHANNELS
-    for block, (convs, width) in enumerate(zip(VGG_DEPTHS[depth], VGG_WIDTHS), start=1):
-        for conv in range(1, convs + 1):
-            plan[f"block{block}_conv{conv}"] = _conv(f"features.{index}", width, channels, 3,
-                                                     bias=True)
+    plan, index = {}, 0
+    for conv in specs.vgg_convs(depth):
+        plan[f"block{conv.block}_conv{conv.index}"] = _conv(
+            f"features.{index}", conv.width, conv.in_channels, specs.VGG_KERNEL, bias=True)
+        index += 1
+        if batch_norm:
+            plan[f"block{conv.block}_bn{conv.index}"] = _bn(f"features.{index}", conv.width)
             index += 1
-            if batch_norm:
-                plan[f"block{block}_bn{conv}"] = _bn(f"features.{index}", width)
-                index += 1
-            index += 1  # ReLU
-            channels = width
-        index += 1  # MaxPool2d
-    flat = channels * TORCHVISION_VGG_POOL * TORCHVISION_VGG_POOL
-    plan["fc1"] = _dense("classifier.0", FC_UNITS, flat, vgg_fc1_to_dense)
-    plan["fc2"] = _dense("classifier.3", FC_UNITS, FC_UNITS)
-    plan["predictions"] = _dense("classifier.6", None, FC_UNITS)
+        index += 2 if conv.closes_block else 1  # ReLU [+ MaxPool2d]
+    flat = specs.VGG_WIDTHS[-1] * TORCHVISION_VGG_POOL * TORCHVISION_VGG_POOL
+    plan["fc1"] = _dense("classifier.0", specs.FC_UNITS, flat, vgg_fc1_to_dense)
+    plan["fc2"] = _dense("classifier.3", specs.FC_UNITS, specs.FC_UNITS)
+    plan["predictions"] = _dense("classifier.6", None, specs.FC_UNITS)
     return plan
 
 
@@ -155,10 +148,10 @@ _HEAD_LAYERS = ("fc1", "fc2", "predictions")
 
 def _layer_plan(model_name):
     check_choice("model_name", model_name, TORCHVISION_MODELS)
-    if model_name in RESNET_SPECS:
+    if model_name in specs.RESNET_SPECS:
         return _resnet_plan(model_name)
-    depth, _, suffix = model_name.removeprefix("vgg").partition("_")
-    return _vgg_plan(int(depth), batch_norm=suffix == "bn")
+    depth, batch_norm = specs.VGG_MODELS[model_name]
+    return _vgg_plan(depth, batch_norm)
 
 
 def torchvision_layer_map(model_name) -> dict[str, list[tuple[str, Callable]]]:

@@ -10,9 +10,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from keras_vggres._checks import check_choice
+from keras_vggres.models.specs import TOP_LAYERS
+from keras_vggres.models.specs import TORCHVISION_VARIANT as TORCH_VARIANT
+
 TORCH_SUFFIXES = (".pth", ".pt")
-TORCH_VARIANT = "v1.5"
-CLASSIFIER_LAYERS = ("flatten", "fc1", "fc2", "predictions")  # the builders' top layers
 
 
 @dataclass(frozen=True)
@@ -46,8 +48,6 @@ def resolve(model_name, weights):
 
 def pick_variant(model_name, choice, variant, variants):
     """The architecture variant: the tag's (conflicts raise), a `.pth` file's, or the default."""
-    from keras_vggres.models._common import check_choice
-
     if variants is None:  # the family has a single layout
         return None
     check_choice("variant", variant, (None,) + tuple(variants))
@@ -77,8 +77,6 @@ def preprocessing_mode(model_name, include_preprocessing, choice, variant):
     if include_preprocessing is False or include_preprocessing is None:
         return None
     if isinstance(include_preprocessing, str):
-        from keras_vggres.models._common import check_choice
-
         check_choice("include_preprocessing", include_preprocessing,
                      (True, False) + tuple(PREPROCESS_MODES))
         return include_preprocessing
@@ -141,7 +139,7 @@ def load_file(model, model_name, path, *, include_top):
                                           include_top=include_top)
         return assign_layer_weights(model, plan, source=path)
     # A full-model file loads into a no-top model: its classifier layers are left out.
-    return load_weights(model, path, drop_layers=() if include_top else CLASSIFIER_LAYERS)
+    return load_weights(model, path, drop_layers=() if include_top else TOP_LAYERS)
 
 
 def load_tag(model, model_name, record, *, include_top):

@@ -1,0 +1,30 @@
+"""Lazy re-exports for package `__init__` modules: a name's module is imported on first use."""
+
+from __future__ import annotations
+
+import importlib
+
+
+def lazy_exports(namespace, exports):
+    """`(__all__, __getattr__, __dir__)` for a package re-exporting `exports` lazily.
+
+    Keeps `import keras_vggres` (and `keras_vggres.models.specs`) from importing Keras until a
+    name that needs it is used; a resolved name is cached in the package's `namespace`.
+
+    Args:
+        namespace: the package's `globals()`.
+        exports: `{module name: (names it provides, ...)}`.
+    """
+    where = {name: module for module, names in exports.items() for name in names}
+
+    def __getattr__(name):
+        if name in where:
+            value = getattr(importlib.import_module(where[name]), name)
+            namespace[name] = value
+            return value
+        raise AttributeError(f"module {namespace['__name__']!r} has no attribute {name!r}")
+
+    def __dir__():
+        return sorted(list(namespace) + list(where))
+
+    return list(where), __getattr__, __dir__
