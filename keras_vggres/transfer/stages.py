@@ -33,6 +33,7 @@ import keras
 from keras_vggres._checks import BN_POLICIES, check_choice
 from keras_vggres.models.features import feature_info
 from keras_vggres.models.specs import FAMILY_STAGES, HEAD, POST, STEM  # noqa: F401 (re-exported)
+from keras_vggres.models.specs import family as model_family
 
 HEAD_LAYERS = ("flatten", "fc1", "fc2", "predictions", "avg_pool", "max_pool")
 NO_STAGE_LAYERS = ("preprocessing",)
@@ -401,4 +402,4 @@ def unfreeze_stages(stage_names, unfreeze):
 
 def freeze_backbone(model, model_name):
     """Freeze every backbone stage (BatchNorm included); the classifier head stays trainable."""
-    return freeze(model, stages=[s for s in registry.get_spec(model_name).stages if s != HEAD])
+    return freeze(model, stages=[s for s in FAMILY_STAGES[model_family(model_name)] if s != HEAD])
