@@ -29,7 +29,7 @@ import tempfile
 import keras
 import tensorflow as tf
 
-from keras_vggres._keras_multiworker import fix_multiworker_fit
+from keras_vggres._compat import fix_multiworker_fit
 from keras_vggres._checks import (JIT_CHOICES, PRECISIONS, STRATEGY_KINDS, check_choice,
                                   check_int)
 

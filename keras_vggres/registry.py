@@ -1,12 +1,13 @@
-"""Every model by name: builder, family, stages, default size; `list_models` and `get_model`."""
+"""Every model by name: builder, family, stages, default size; `list_models` and `get_model`.
+
+Keras-free to import: builders are named here and imported on first use, so commands that only
+print tables (`keras-vggres models`) never start TensorFlow.
+"""
 
 from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from typing import Callable
-
-from keras_vggres.models import resnet, vgg
 from keras_vggres.models.specs import RESNET_STAGES, RESNET_V2_STAGES, VGG_STAGES, param_count
 
 
@@ -16,9 +17,16 @@ class ModelSpec:
 
     name: str
     family: str
-    builder: Callable
+    builder_name: str   # a builder of `keras_vggres.models`, imported on first use
     stages: tuple
     default_size: int = 224
+
+    @property
+    def builder(self):
+        """The public builder function (e.g. `keras_vggres.models.VGG16`)."""
+        from keras_vggres import models
+
+        return getattr(models, self.builder_name)
 
     @property
     def params(self):
@@ -27,22 +35,22 @@ class ModelSpec:
 
 
 MODELS = {spec.name: spec for spec in (
-    ModelSpec("vgg11", "vgg", vgg.VGG11, VGG_STAGES),
-    ModelSpec("vgg13", "vgg", vgg.VGG13, VGG_STAGES),
-    ModelSpec("vgg16", "vgg", vgg.VGG16, VGG_STAGES),
-    ModelSpec("vgg19", "vgg", vgg.VGG19, VGG_STAGES),
-    ModelSpec("vgg11_bn", "vgg", vgg.VGG11BN, VGG_STAGES),
-    ModelSpec("vgg13_bn", "vgg", vgg.VGG13BN, VGG_STAGES),
-    ModelSpec("vgg16_bn", "vgg", vgg.VGG16BN, VGG_STAGES),
-    ModelSpec("vgg19_bn", "vgg", vgg.VGG19BN, VGG_STAGES),
-    ModelSpec("resnet18", "resnet", resnet.ResNet18, RESNET_STAGES),
-    ModelSpec("resnet34", "resnet", resnet.ResNet34, RESNET_STAGES),
-    ModelSpec("resnet50", "resnet", resnet.ResNet50, RESNET_STAGES),
-    ModelSpec("resnet101", "resnet", resnet.ResNet101, RESNET_STAGES),
-    ModelSpec("resnet152", "resnet", resnet.ResNet152, RESNET_STAGES),
-    ModelSpec("resnet50v2", "resnet_v2", resnet.ResNet50V2, RESNET_V2_STAGES),
-    ModelSpec("resnet101v2", "resnet_v2", resnet.ResNet101V2, RESNET_V2_STAGES),
-    ModelSpec("resnet152v2", "resnet_v2", resnet.ResNet152V2, RESNET_V2_STAGES),
+    ModelSpec("vgg11", "vgg", "VGG11", VGG_STAGES),
+    ModelSpec("vgg13", "vgg", "VGG13", VGG_STAGES),
+    ModelSpec("vgg16", "vgg", "VGG16", VGG_STAGES),
+    ModelSpec("vgg19", "vgg", "VGG19", VGG_STAGES),
+    ModelSpec("vgg11_bn", "vgg", "VGG11BN", VGG_STAGES),
+    ModelSpec("vgg13_bn", "vgg", "VGG13BN", VGG_STAGES),
+    ModelSpec("vgg16_bn", "vgg", "VGG16BN", VGG_STAGES),
+    ModelSpec("vgg19_bn", "vgg", "VGG19BN", VGG_STAGES),
+    ModelSpec("resnet18", "resnet", "ResNet18", RESNET_STAGES),
+    ModelSpec("resnet34", "resnet", "ResNet34", RESNET_STAGES),
+    ModelSpec("resnet50", "resnet", "ResNet50", RESNET_STAGES),
+    ModelSpec("resnet101", "resnet", "ResNet101", RESNET_STAGES),
+    ModelSpec("resnet152", "resnet", "ResNet152", RESNET_STAGES),
+    ModelSpec("resnet50v2", "resnet_v2", "ResNet50V2", RESNET_V2_STAGES),
+    ModelSpec("resnet101v2", "resnet_v2", "ResNet101V2", RESNET_V2_STAGES),
+    ModelSpec("resnet152v2", "resnet_v2", "ResNet152V2", RESNET_V2_STAGES),
 )}
 
 

@@ -9,7 +9,7 @@ from tests.support.numerics import copy_weights_by_name, randomize_weights, rel_
 
 SHARED = ["VGG16", "VGG19", "ResNet50", "ResNet101", "ResNet152", "ResNet50V2", "ResNet101V2",
           "ResNet152V2"]
-# facts §1.7 (measured on keras.applications): params top, params notop, non-trainable.
+# Measured on keras.applications (Keras 3.15): params top, params notop, non-trainable.
 KERAS_COUNTS = {
     "VGG16": (138_357_544, 14_714_688, 0), "VGG19": (143_667_240, 20_024_384, 0),
     "ResNet50": (25_636_712, 23_587_712, 53_120), "ResNet101": (44_707_176, 42_658_176, 105_344),

@@ -1,8 +1,9 @@
 """The builder contract shared by every family: argument checks, model input, head, weights.
 
-keras.applications' rules (reference facts §3) are reproduced here once; where Keras is silent
-or surprising (an unknown `pooling` silently ignored, a list `input_shape` rejected) we raise a
-clear error or do the safe thing instead.
+keras.applications' argument rules (`obtain_input_shape`, the weights/classes checks of its
+builders) are reproduced here once; where Keras is silent or surprising (an unknown `pooling`
+silently ignored, a list `input_shape` rejected) we raise a clear error or do the safe thing
+instead.
 """
 
 from __future__ import annotations

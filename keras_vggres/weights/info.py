@@ -195,9 +195,7 @@ def transform_for(*, model=None, weights=None):
 
     tag = weights or IMAGENET
     if model is not None:
-        from keras_vggres.registry import get_spec
-
-        return manifest.get_weights(get_spec(model).name, tag).transform
+        return manifest.get_weights(_model_name(model), tag).transform
     found = {manifest.get_weights(name, tag).transform
              for name in manifest.load_manifest() if manifest.is_known_tag(name, tag)}
     if len(found) != 1:
@@ -229,10 +227,17 @@ def preprocess_mode_for(model, weights=IMAGENET):
                 "in-model preprocessing: its preprocessing is unknown. Pass a mode to "
                 f"`keras_vggres.preprocess_input(x, mode=...)`, one of {tuple(PREPROCESS_MODES)}.")
         return info.preprocess, False
-    from keras_vggres.registry import get_spec
     from keras_vggres.weights import manifest
 
-    return manifest.get_weights(get_spec(model).name, weights).preprocess, False
+    return manifest.get_weights(_model_name(model), weights).preprocess
+
+
+def _model_name(name):
+    """A registry model name, case-insensitive (unknown names raise with the known ones)."""
+    from keras_vggres._checks import check_choice
+    from keras_vggres.models.specs import MODEL_FAMILIES
+
+    return check_choice("model", str(name).lower(), tuple(MODEL_FAMILIES)), False
 
 
 def get_preprocessing(model, weights=IMAGENET):

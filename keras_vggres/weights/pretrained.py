@@ -72,7 +72,7 @@ def describe(choice):
 
 def preprocessing_mode(model_name, include_preprocessing, choice, variant):
     """The in-model preprocessing mode: the tag's, or the mode of the model's weights family."""
-    from keras_vggres.imagenet import PREPROCESS_MODES
+    from keras_vggres.transforms import PREPROCESS_MODES
 
     if include_preprocessing is False or include_preprocessing is None:
         return None

@@ -1,12 +1,47 @@
-"""Keras 3 workarounds that let `model.fit` run under MultiWorkerMirroredStrategy.
+"""Workarounds for Keras bugs, each checked against the Keras version it was written for.
 
-Kept apart from `keras_vggres.distribute` so it can be deleted once Keras fixes its trainer;
-the multi-worker test (tests/test_distribute.py) shows whether it is still needed.
+Kept apart from the code that uses them so each can be deleted once Keras fixes the bug. A
+workaround patches private Keras attributes, so it first checks that they exist (a clear error
+otherwise), and says so once when a Keras newer than `WRITTEN_FOR` runs it: the bug may be
+fixed there (the multi-worker test, tests/test_distribute.py, shows whether it still is needed).
 """
 
 from __future__ import annotations
 
+import logging
+import warnings
+
+import keras
 import tensorflow as tf
+
+logger = logging.getLogger("keras_vggres")
+WRITTEN_FOR = (3, 15)  # the Keras release (major, minor) the multi-worker workaround targets
+PATCHED_ATTRIBUTES = ("_maybe_symbolic_build", "_symbolic_build", "train_step", "test_step",
+                      "_distribute_strategy")
+_warned = set()
+
+
+def keras_version():
+    """(major, minor) of the installed Keras."""
+    major, minor = keras.__version__.split(".")[:2]
+    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
+
+
+def check_written_for(workaround, model):
+    """Refuse when the private attributes a workaround patches are gone; note a newer Keras."""
+    missing = [name for name in PATCHED_ATTRIBUTES if not hasattr(model, name)]
+    if missing:
+        raise RuntimeError(
+            f"keras_vggres' {workaround} workaround patches Keras internals that Keras "
+            f"{keras.__version__} no longer has ({missing}); it was written for Keras "
+            f"{WRITTEN_FOR[0]}.{WRITTEN_FOR[1]}. Use that Keras version for multi-worker fit, "
+            "or check whether this Keras fixed keras-team/keras#20329 and drop the workaround.")
+    if keras_version() > WRITTEN_FOR and workaround not in _warned:
+        _warned.add(workaround)
+        warnings.warn(
+            f"keras_vggres applies its {workaround} workaround, written for Keras "
+            f"{WRITTEN_FOR[0]}.{WRITTEN_FOR[1]}, on Keras {keras.__version__}: this Keras may no "
+            "longer need it (run tests/test_distribute.py to check).", stacklevel=3)
 
 
 def fix_multiworker_fit(model):
@@ -26,6 +61,7 @@ def fix_multiworker_fit(model):
     """
     if getattr(model, "_keras_vggres_multiworker", False):
         return model
+    check_written_for("multi-worker fit", model)
 
     def _maybe_symbolic_build(iterator=None, data_batch=None):
         if model._distribute_strategy is None:
