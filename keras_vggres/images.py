@@ -138,15 +138,21 @@ def resize_and_crop(img, transform, path):
     return img.crop((left, top, left + crop_w, top + crop_h))
 
 
-def to_array(img):
-    """A Pillow RGB or F image -> float32 (height, width, 3), values 0-255."""
+def to_array(img, channels=3):
+    """A Pillow RGB, L or F image -> float32 (height, width, channels), values 0-255."""
     pixels = np.asarray(img, dtype=np.float32)
-    return np.repeat(pixels[..., None], 3, axis=-1) if pixels.ndim == 2 else pixels
+    if pixels.ndim == 2:
+        return pixels[..., None] if channels == 1 else np.repeat(pixels[..., None], 3, axis=-1)
+    return pixels
 
 
-def load_image(path, transform):
-    """One image file -> float32 (crop height, crop width, 3) RGB 0-255 through `transform`."""
-    return to_array(resize_and_crop(open_rgb(path), transform, path))
+def load_image(path, transform, channels=3):
+    """One image file -> float32 (crop height, crop width, channels) 0-255 through `transform`:
+    RGB, or grey (Pillow's luma, ITU-R 601) for `channels=1`."""
+    img = open_rgb(path)
+    if channels == 1 and img.mode == "RGB":
+        img = img.convert("L")
+    return to_array(resize_and_crop(img, transform, path), channels)
 
 
 def make_transform(size=None, resize=None, interpolation=None):
@@ -162,7 +168,8 @@ def make_transform(size=None, resize=None, interpolation=None):
     return Transform(int(resize), size, interpolation)
 
 
-def load_images(paths, size=None, resize=None, interpolation=None, *, weights=None, model=None):
+def load_images(paths, size=None, resize=None, interpolation=None, *, weights=None, model=None,
+                channels=None):
     """Loads image files as a float32 RGB batch, the way ImageNet evaluation transforms do.
 
     Each image is turned upright (EXIF orientation), converted to RGB, resized so that its
@@ -184,9 +191,10 @@ def load_images(paths, size=None, resize=None, interpolation=None, *, weights=No
         weights: a weights tag (e.g. ``"tv2"``; needs ``model`` as a name when the tag's
             transform differs between models) or a `WeightsInfo`.
         model: a Keras model built by keras_vggres (its weights decide), or a model name.
+        channels: 3 (RGB) or 1 (grey); default: the model's input channels, else 3.
 
     Returns:
-        ``float32`` array of shape ``(len(paths), height, width, 3)`` with values in 0-255.
+        ``float32`` array of shape ``(len(paths), height, width, channels)``, values 0-255.
     """
     single = isinstance(paths, (str, os.PathLike))
     paths = [paths] if single else list(paths) if isinstance(paths, Sequence) else None
@@ -194,9 +202,16 @@ def load_images(paths, size=None, resize=None, interpolation=None, *, weights=No
         raise ValueError("`paths` must be a path or a non-empty sequence of paths (str or "
                          "os.PathLike).")
     transform = resolve_transform(size, resize, interpolation, weights=weights, model=model)
-    batch = np.empty((len(paths),) + transform.crop_size + (3,), dtype=np.float32)
+    if channels is None:
+        channels = 3
+        if model is not None and not isinstance(model, str):
+            from keras_vggres.weights.info import weights_info
+
+            channels = weights_info(model).input_channels
+    check_choice("channels", channels, (1, 3))
+    batch = np.empty((len(paths),) + transform.crop_size + (channels,), dtype=np.float32)
     for i, path in enumerate(paths):
-        batch[i] = load_image(path, transform)
+        batch[i] = load_image(path, transform, channels)
     return batch
 
 

@@ -34,16 +34,17 @@ def build(model_name, *, body, top, include_top, weights, input_tensor, input_sh
     will_load = choice.record is not None or choice.path is not None
     with _common.weights_will_load() if will_load else nullcontext():
         inputs, x = _common.model_input(input_tensor, input_shape)
+        channels = _common.input_channels(x)
         if mode is not None:
             from keras_vggres.preprocessing import add_preprocessing
-            x = add_preprocessing(x, mode)
+            x = add_preprocessing(x, mode, channels=channels)
         body_input = x
         x = body(x, variant)
         x = (top(x, classes, classifier_activation) if include_top
              else _common.pooled_output(x, pooling))
         model = keras.Model(inputs, x, name=name)
         record_stages(model, body_input, stage_features(model_name, variant))
-        pretrained.load(model, model_name, choice, include_top=include_top)
+        pretrained.load(model, model_name, choice, include_top=include_top, channels=channels)
     return attach(model, pretrained.describe_weights(
         model_name, choice, variant=variant, preprocess=mode, include_top=include_top,
-        classes=classes))
+        classes=classes, channels=channels))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextvars
 import os
-import warnings
 from contextlib import contextmanager
 
 import keras
@@ -68,15 +67,14 @@ def obtain_input_shape(input_shape, *, include_top, pretrained):
     input_shape = tuple(input_shape)
     channels = input_shape[0] if channels_first else input_shape[-1]
     spatial = input_shape[1:] if channels_first else input_shape[:2]
-    if pretrained and include_top and input_shape != default:
+    default_spatial = default[1:] if channels_first else default[:2]
+    if pretrained and include_top and spatial != default_spatial:
         raise ValueError("When setting `include_top=True` and loading pretrained weights, "
-                         f"`input_shape` should be {default}; received input_shape={input_shape}.")
-    if pretrained and channels != 3:
-        raise ValueError("Pretrained weights expect 3 input channels (RGB); received "
-                         f"input_shape={input_shape} with {channels} channels.")
-    if not pretrained and channels not in (1, 3):
-        warnings.warn(f"This model usually expects 1 or 3 input channels; input_shape={input_shape}"
-                      f" has {channels}.", stacklevel=4)
+                         f"`input_shape` should be {default} (any number of channels); "
+                         f"received input_shape={input_shape}.")
+    if not isinstance(channels, int) or isinstance(channels, bool) or channels < 1:
+        raise ValueError("`input_shape` must end with the number of channels, an integer >= 1 "
+                         f"(channels_first: start with it); received input_shape={input_shape}.")
     for dim in spatial:
         if dim is not None and dim < MIN_SIZE:
             raise ValueError(f"Input size must be at least {MIN_SIZE}x{MIN_SIZE}; received "
@@ -88,6 +86,11 @@ def obtain_input_shape(input_shape, *, include_top, pretrained):
 
 
 # --------------------------------------------------------------------------- input and head
+def input_channels(tensor):
+    """The channel count of an image tensor (current data format)."""
+    return int(tensor.shape[channel_axis()])
+
+
 def model_input(input_tensor, input_shape):
     """Return (model inputs, first tensor). Parity quirk: the Input layer keeps Keras' auto name."""
     if input_tensor is None:

@@ -222,6 +222,11 @@ def family(model_name):
     return MODEL_FAMILIES[check_choice("model_name", model_name, tuple(MODEL_FAMILIES))]
 
 
+def first_conv(model_name):
+    """The name of the convolution that sees the image (adapted for C != 3 input channels)."""
+    return "block1_conv1" if family(model_name) == "vgg" else "conv1_conv"
+
+
 def variants(model_name):
     """The architecture variants a model offers (the first is the default); None for VGG."""
     kind = family(model_name)

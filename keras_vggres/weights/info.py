@@ -249,16 +249,20 @@ def get_preprocessing(model, weights=IMAGENET):
         weights: the tag, when `model` is a name (ignored for a model object).
 
     Returns:
-        `preprocess_input(x, data_format=None)` for the weights' mode; for a model that
-        preprocesses inside (`include_preprocessing=True`), the identity (`.mode == "raw"`),
-        so images are never preprocessed twice.
+        `preprocess_input(x, data_format=None)` for the weights' mode (for a model with C != 3
+        input channels, the channel-mean version of it); for a model that preprocesses inside
+        (`include_preprocessing=True`), the identity (`.mode == "raw"`), so images are never
+        preprocessed twice.
     """
     from keras_vggres.preprocessing import make_preprocess_input
 
     mode, inside = preprocess_mode_for(model, weights)
     if inside:
         return _raw
-    return make_preprocess_input(mode)
+    channels = 3 if isinstance(model, str) else weights_info(model).input_channels
+    if channels == 3:
+        return make_preprocess_input(mode)
+    return make_preprocess_input(mode, spec=PREPROCESS_MODES[mode].for_channels(channels))
 
 
 def _raw(x, data_format=None):

@@ -8,7 +8,7 @@ from keras_vggres.weights.assign import assign_layer_weights
 
 
 def load_weights(model, path, skip_mismatch: bool = False, *,
-                 allow_nonfinite: bool = False, drop_layers=()) -> None:
+                 allow_nonfinite: bool = False, drop_layers=(), adapt=None) -> None:
     """Load a weight file into ``model``: legacy HDF5 by layer name, Keras 3 files natively.
 
     Either way the file is untrusted: links out of the file, virtual or external storage,
@@ -25,16 +25,24 @@ def load_weights(model, path, skip_mismatch: bool = False, *,
         allow_nonfinite: load NaN and infinite values instead of refusing them.
         drop_layers: names of layers a legacy file may hold that the model lacks on purpose
             (the classifier of a full-model file loaded into a no-top model).
+        adapt: None, or a function applied to a legacy file's plan before it is matched (the
+            first convolution adapted to C != 3 input channels: `weights.channels`).
     """
     path = h5.existing_path(path)
     check_bool("skip_mismatch", skip_mismatch)
     check_bool("allow_nonfinite", allow_nonfinite)
     if path.endswith(native.NATIVE_SUFFIXES):
+        if adapt is not None:
+            raise ValueError(f"{path!r} is a Keras 3 native file, which loads by structure: it "
+                             "cannot be adapted to another number of input channels. Use a "
+                             "legacy .h5 file, a .pth file or a weights tag.")
         native.load_native(model, path, skip_mismatch=skip_mismatch,
                            allow_nonfinite=allow_nonfinite)
         return
     with h5.open_h5(path) as f:
         plan = h5.layer_datasets(f, path)  # h5py datasets: checked, then read one at a time
         plan = {name: values for name, values in plan.items() if name not in drop_layers}
+        if adapt is not None:
+            plan = adapt(plan)
         assign_layer_weights(model, plan, source=path, skip_mismatch=skip_mismatch,
                              allow_nonfinite=allow_nonfinite)

@@ -101,33 +101,51 @@ def default_preprocessing(model_name, variant=None, *, torch_file=False):
     return manifest.get_weights(model_name, "imagenet").preprocess
 
 
-def describe_weights(model_name, choice, *, variant, preprocess, include_top, classes):
+def describe_weights(model_name, choice, *, variant, preprocess, include_top, classes,
+                     channels=3):
     """The `WeightsInfo` a builder attaches: the tag's record, or what a file or random
     weights assume (the mode of the model's weights for that variant, the default tag's
-    eval transform)."""
+    eval transform), with the input channels and their adaptation."""
+    from keras_vggres.weights import channels as adaptation
     from keras_vggres.weights import info, manifest
 
     if choice.record is not None:
-        return info.from_record(choice.record, include_top=include_top, classes=classes)
-    mode = preprocess or default_preprocessing(model_name, variant,
-                                               torch_file=choice.is_torch_file)
-    default = manifest.get_weights(model_name, "imagenet")
-    if choice.path is not None:
-        return info.for_file(model_name, choice.path, default, variant=variant, preprocess=mode,
-                             include_top=include_top, classes=classes)
-    return info.for_random(model_name, default, variant=variant, preprocess=mode)
+        described = info.from_record(choice.record, include_top=include_top, classes=classes)
+    else:
+        mode = preprocess or default_preprocessing(model_name, variant,
+                                                   torch_file=choice.is_torch_file)
+        default = manifest.get_weights(model_name, "imagenet")
+        if choice.path is not None:
+            described = info.for_file(model_name, choice.path, default, variant=variant,
+                                      preprocess=mode, include_top=include_top, classes=classes)
+        else:
+            described = info.for_random(model_name, default, variant=variant, preprocess=mode)
+    loaded = choice.record is not None or choice.path is not None
+    return described.replace(input_channels=channels,
+                             adaptation=adaptation.describe(channels) if loaded else None)
 
 
-def load(model, model_name, choice, *, include_top):
-    """Load the chosen weights into `model` (all or nothing); no-op for random weights."""
+def load(model, model_name, choice, *, include_top, channels=3):
+    """Load the chosen weights into `model` (all or nothing); no-op for random weights.
+
+    With `channels` != 3 the first convolution is adapted (`weights.channels`).
+    """
+    adapt = None
+    if channels != 3:
+        from keras_vggres.models.specs import first_conv
+        from keras_vggres.weights.channels import adapt_plan
+
+        def adapt(plan):
+            return adapt_plan(plan, first_conv(model_name), channels)
+
     if choice.record is not None:
-        return load_tag(model, model_name, choice.record, include_top=include_top)
+        return load_tag(model, model_name, choice.record, include_top=include_top, adapt=adapt)
     if choice.path is not None:
-        return load_file(model, model_name, choice.path, include_top=include_top)
+        return load_file(model, model_name, choice.path, include_top=include_top, adapt=adapt)
     return None
 
 
-def load_file(model, model_name, path, *, include_top):
+def load_file(model, model_name, path, *, include_top, adapt=None):
     """A local file: torchvision `.pth` is converted in memory; everything else is Keras'."""
     from keras_vggres.weights.load import load_weights
 
@@ -137,12 +155,12 @@ def load_file(model, model_name, path, *, include_top):
 
         plan = convert.convert_state_dict(torch_pth.load_pth(path), model_name,
                                           include_top=include_top)
-        return assign_layer_weights(model, plan, source=path)
+        return assign_layer_weights(model, adapt(plan) if adapt else plan, source=path)
     # A full-model file loads into a no-top model: its classifier layers are left out.
-    return load_weights(model, path, drop_layers=() if include_top else TOP_LAYERS)
+    return load_weights(model, path, drop_layers=() if include_top else TOP_LAYERS, adapt=adapt)
 
 
-def load_tag(model, model_name, record, *, include_top):
+def load_tag(model, model_name, record, *, include_top, adapt=None):
     """A manifest tag: fetch (cache / mirror / origin, verified), convert once if needed, load."""
     from keras_vggres.weights import download, manifest
     from keras_vggres.weights.load import load_weights
@@ -150,14 +168,14 @@ def load_tag(model, model_name, record, *, include_top):
     spec = manifest.file_for(record, include_top)
     local = download.fetch(spec)
     if record.format == "keras-h5":
-        return load_weights(model, str(local))
+        return load_weights(model, str(local), adapt=adapt)
     from keras_vggres.weights import convert, converted
 
     target = converted_path(local, model_name, include_top=include_top)
     converted.ensure_converted(  # checked against its sidecar; rebuilt (with a warning) if wrong
         local, spec, target,
         lambda out: convert.convert_pth_file(local, model_name, out, include_top=include_top))
-    return load_weights(model, str(target))
+    return load_weights(model, str(target), adapt=adapt)
 
 
 def converted_path(source, model_name, *, include_top):
