@@ -48,9 +48,10 @@ def main():
             labels = {row["filename"]: row["name"] for row in csv.DictReader(f)}
     paths = args.images or sorted(str(p) for p in IMAGES.glob("*.jpg"))
 
-    # The same steps as keras.applications: load, preprocess for these weights, predict, decode.
-    batch = keras_vggres.load_images(paths, weights=weights or "imagenet", model=args.model)
-    preprocess = keras_vggres.get_preprocessing(args.model, weights=weights or "imagenet")
+    # The same steps as keras.applications: load, preprocess, predict, decode. The model knows
+    # its weights, so loading (eval transform) and preprocessing follow them: nothing to match.
+    batch = keras_vggres.load_images(paths, model=model)
+    preprocess = keras_vggres.get_preprocessing(model)
     predictions = model.predict(preprocess(batch), verbose=0)
     for path, top5 in zip(paths, keras_vggres.decode_predictions(predictions, top=5)):
         truth = labels.get(Path(path).name)

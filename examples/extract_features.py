@@ -9,8 +9,9 @@ extract`).
 
 A folder of class sub-folders gets labels (and its broken files skipped, see the hygiene scan);
 a plain folder of images (like examples/images) gets label -1. Images are loaded as RGB 0-255
-(resize + centre crop) and the model has its preprocessing inside. `--weights none` (the
-offline-friendly default) gives random-weight features, only useful to try the pipeline.
+with the weights' own eval transform and the model has its preprocessing inside. The default
+weights are the model's ImageNet weights; when they cannot be had (offline, nothing cached) the
+script says so and goes on with random weights, whose features only exercise the pipeline.
 """
 
 import argparse
@@ -25,18 +26,27 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", nargs="?", default=str(HERE / "images"))
     parser.add_argument("--model", default="resnet50")
-    parser.add_argument("--weights", default="none", help="'none', 'imagenet', a tag or a file")
+    parser.add_argument("--weights", default="imagenet", help="'imagenet', a tag, a file or 'none'")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--pooling", choices=("avg", "max"), default="avg")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--out", default="feats.npz")
     args = parser.parse_args(argv)
 
-    features, _, _, _ = extract_features(args.folder, model=args.model, weights=args.weights,
-                                         image_size=args.image_size, pooling=args.pooling,
-                                         batch_size=args.batch_size, out=args.out)
+    from keras_vggres.weights.download import DownloadError, WeightsUnavailableError
+
+    weights = None if args.weights.lower() == "none" else args.weights
+    kwargs = dict(model=args.model, image_size=args.image_size, pooling=args.pooling,
+                  batch_size=args.batch_size, out=args.out)
+    try:
+        features, *_ = extract_features(args.folder, weights=weights, **kwargs)
+    except (WeightsUnavailableError, DownloadError) as error:
+        print(f"Pretrained weights are not available here:\n  {error}\nNOTE: going on with "
+              "weights=None: these features are RANDOM (they only exercise the pipeline).\n")
+        weights = None
+        features, *_ = extract_features(args.folder, weights=None, **kwargs)
     print(f"{features.shape[0]} embeddings of size {features.shape[1]} from {args.model} "
-          f"(weights={args.weights}) -> {args.out}")
+          f"(weights={weights}) -> {args.out}")
     return features
 
 

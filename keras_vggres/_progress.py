@@ -55,7 +55,7 @@ class Progress:
         self.stream = stream or sys.stdout
         self.verbose = resolve_verbose(verbose, self.stream)
         self.done = self.base = 0
-        self.t0 = self.last = time.monotonic()
+        self.t0, self.last = time.monotonic(), 0.0  # the first update always draws
         self.width = 0
 
     def start(self, done=0, total=None):
@@ -73,7 +73,7 @@ class Progress:
         self.update(self.done + n)
 
     def close(self):
-        if self.verbose == 2 or (self.verbose == 1 and self.width):
+        if self.verbose in (1, 2):
             self._draw(force=True, final=True)
             self.stream.write("\n")
             self.stream.flush()

@@ -334,3 +334,38 @@ def test_early_stopping_patience_survives_a_resume(tmp_path, killed_after):
     plain = keras.callbacks.EarlyStopping(**kwargs)            # what Keras alone would do
     if killed_after >= 2:
         assert _stopping_epoch(plain, model, values, first_epoch=killed_after) != uninterrupted
+
+
+# ----------------------------------------------------------------------------- options and splits
+def test_test_split_is_evaluated_once_and_reported(tmp_path):
+    toy = make_toy_dataset(tmp_path / "tv", classes=2, per_class=6, size=SIZE, broken=False,
+                           layout="split", val_per_class=2, test_per_class=3)
+    result = finetune(toy.root, out_dir=tmp_path / "run", epochs_head=1, epochs_finetune=0,
+                      **dict(FAST, validation_split=None))
+    test = result.summary["test"]
+    assert test["split"] == "test" and test["images"] == 6
+    assert np.asarray(test["confusion_matrix"]).sum() == 6
+    assert result.test_accuracy == test["accuracy"]
+    assert result.summary["counts"]["test"] == [3, 3]
+
+
+def test_training_options_run_end_to_end_and_are_recorded(toy, tmp_path):
+    result = finetune(toy.root, out_dir=tmp_path / "run", epochs_head=1, epochs_finetune=1,
+                      optimizer="sgd", label_smoothing=0.1, class_weights=False, cache="disk",
+                      augment="random_resized_crop", **FAST)
+    settings = result.summary["settings"]
+    assert (settings["optimizer"], settings["label_smoothing"], settings["class_weights"],
+            settings["augment"]) == ("sgd", 0.1, False, "random_resized_crop")
+    assert result.summary["class_weights"] is None
+    assert result.summary["head_on_embeddings"] is False  # augmentation: through the backbone
+    assert result.epochs == {"head": 1, "finetune": 1}
+
+
+def test_random_resized_crop_varies_per_epoch_and_is_seeded(toy):
+    data = datasets.from_folder(toy.root, image_size=SIZE, batch_size=4, seed=3,
+                                augment="random_resized_crop", shuffle=False)
+    first, second = (next(iter(data.train))[0].numpy() for _ in range(2))
+    again = datasets.from_folder(toy.root, image_size=SIZE, batch_size=4, seed=3,
+                                 augment="random_resized_crop", shuffle=False)
+    assert first.shape == (4, SIZE, SIZE, 3) and not np.allclose(first, second)
+    np.testing.assert_array_equal(next(iter(again.train))[0].numpy(), first)

@@ -60,7 +60,7 @@ class ToyDataset:
 
 
 def make_toy_dataset(out_dir, classes=3, per_class=20, size=48, broken=True, seed=0, *,
-                     layout="flat", val_per_class=6, counts=None):
+                     layout="flat", val_per_class=6, test_per_class=0, counts=None):
     """Write a learnable class-folder dataset to `out_dir` and describe it.
 
     Args:
@@ -73,6 +73,8 @@ def make_toy_dataset(out_dir, classes=3, per_class=20, size=48, broken=True, see
         layout: `"flat"` (`out_dir/<class>/...`) or `"split"` (`out_dir/train/<class>/...` and
             `out_dir/val/<class>/...`).
         val_per_class: validation images per class for `layout="split"`.
+        test_per_class: test images per class for `layout="split"` (`out_dir/test/<class>/`;
+            0: no test folder).
         counts: optional per-class image counts (overrides `per_class`; for imbalanced sets).
 
     Returns:
@@ -89,6 +91,8 @@ def make_toy_dataset(out_dir, classes=3, per_class=20, size=48, broken=True, see
     names = tuple(class_name(i) for i in range(classes))
     splits = {"train": counts, "val": [val_per_class] * classes} if layout == "split" else {
         "all": counts}
+    if layout == "split" and test_per_class:
+        splits["test"] = [test_per_class] * classes
     good = {}
     for split, split_counts in splits.items():
         base = out_dir if split == "all" else os.path.join(out_dir, split)
