@@ -166,7 +166,7 @@ def test_same_heatmaps_after_keras_round_trip(nested, saved, images):
 
 def test_default_layer_of_each_family():
     vgg = models.VGG11(weights=None, include_top=False, input_shape=(32, 32, 3))
-    assert viz.GradCAM(vgg).layer == "block5_pool"
+    assert viz.GradCAM(classifier(vgg, 2)).layer == "block5_pool"
 
 
 # ----------------------------------------------------------------------------- errors

@@ -39,7 +39,10 @@ class GradCAM:
     """Grad-CAM for one model and layer; build it once, call it on many batches.
 
     Works on our flat models, on `classifier()` models whose backbone is nested, after a
-    `.keras` round trip, and on foreign models given `layer`.
+    `.keras` round trip, and on foreign models given `layer`. The score differentiated is the
+    class's logit: the input of a final softmax/sigmoid `Activation` (our `classifier`) or the
+    pre-activation of a final softmax/sigmoid `Dense` (our `include_top` models); for any
+    other last layer, the model's output itself.
 
     Args:
         model: a Keras model with one image input and one output of class scores.
