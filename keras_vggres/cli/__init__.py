@@ -36,6 +36,12 @@ def main(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is first imported
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError, OSError, RuntimeError) as error:
-        print(f"keras-vggres {args.command}: error: {error}", file=sys.stderr)
+    except (ValueError, TypeError, OSError, RuntimeError, MemoryError) as error:
+        print(f"keras-vggres {args.command}: error: {one_line(error)}", file=sys.stderr)
         return 2
+
+
+def one_line(error):
+    """An error's message on one line (multi-line details joined), for one clear CLI line."""
+    text = " ".join(part.strip() for part in str(error).splitlines() if part.strip())
+    return text or type(error).__name__

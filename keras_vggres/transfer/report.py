@@ -17,7 +17,7 @@ import time
 import keras
 import numpy as np
 
-from keras_vggres._atomic import replacing
+from keras_vggres._atomic import write_text  # noqa: F401 (re-exported: the one writer)
 from keras_vggres.viz.plots import save_confusion_png, save_curves_png  # noqa: F401 (API)
 
 METRIC_COLUMNS = ("run", "phase", "epoch", "loss", "accuracy", "val_loss", "val_accuracy",
@@ -25,15 +25,6 @@ METRIC_COLUMNS = ("run", "phase", "epoch", "loss", "accuracy", "val_loss", "val_
 
 
 # ----------------------------------------------------------------------------- files
-def write_text(path, text):
-    """Write `text` to `path` atomically (temporary file + rename)."""
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with replacing(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-    return path
-
-
 def write_json(path, obj):
     """Write `obj` as indented JSON, atomically; NumPy scalars and arrays are converted."""
     return write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
