@@ -16,7 +16,7 @@ import importlib
 import os
 import sys
 
-COMMAND_MODULES = ("weights", "inference", "transfer")
+COMMAND_MODULES = ("weights", "inference", "transfer", "compare")
 
 
 def build_parser():
