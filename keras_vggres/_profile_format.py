@@ -42,23 +42,27 @@ _DISPLAY = (
     ("variant", lambda r: r["variant"] or "-"),
     ("params M (trainable)",
      lambda r: f"{r['params'] / 1e6:.2f} ({r['trainable_params'] / 1e6:.2f})"),
-    ("GMACs", lambda r: _number(r["gmacs"], 3)),
+    ("GMACs {image_size}px", lambda r: _number(r["gmacs"], 3)),
     ("small Gops", lambda r: _number(r["small_gops"], 3)),
     ("file MiB", _file),
-    ("train act. MiB", lambda r: _number(r["activation_mib"], 0)),
+    ("train act. MiB b{batch_size}", lambda r: _number(r["activation_mib"], 0)),
     ("latency ms b1 (min-max)", lambda r: _spread(r, "latency_ms", 1)),
-    ("img/s (min-max)", lambda r: _spread(r, "throughput_ips", 1)),
+    ("img/s b{batch_size} (min-max)", lambda r: _spread(r, "throughput_ips", 1)),
     ("top-1", lambda r: _number(r["top1"], 2)),
     ("top-5", lambda r: _number(r["top5"], 2)),
     ("source", lambda r: r["metrics_source"] or "-"),
 )
 
 
-_TEXT = ("model", "tag", "variant", "source")   # left-aligned; numbers are right-aligned
+_TEXT = ("model", "tag", "variant", "source")  # left-aligned; numbers are right-aligned
 
 
 def _cells(rows):
-    return [name for name, _ in _DISPLAY], [[cell(row) for _, cell in _DISPLAY] for row in rows]
+    """Header (image size and batch filled in from the first row) and body cells."""
+    sizes = {"image_size": rows[0]["image_size"], "batch_size": rows[0]["batch_size"]} if rows \
+        else {"image_size": "?", "batch_size": "?"}
+    header = [name.format(**sizes) for name, _ in _DISPLAY]
+    return header, [[cell(row) for _, cell in _DISPLAY] for row in rows]
 
 
 def _table(rows):
