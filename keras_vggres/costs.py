@@ -110,11 +110,10 @@ def layer_costs(op):
     if isinstance(op, _CONV + _DEPTHWISE):
         c_in, _ = _channels_and_spatial(op, inputs[0])
         _, spatial = _channels_and_spatial(op, outputs[0])
-        per_output = math.prod(op.kernel_size) * (
-            op.depth_multiplier if isinstance(op, _DEPTHWISE) else c_in // op.groups
-            * op.filters)
-        positions = math.prod(spatial) * (c_in if isinstance(op, _DEPTHWISE) else 1)
-        return positions * per_output, _fused_extras(op, out_size)
+        window = math.prod(spatial) * math.prod(op.kernel_size)
+        if isinstance(op, _DEPTHWISE):
+            return window * c_in * op.depth_multiplier, _fused_extras(op, out_size)
+        return window * c_in // op.groups * op.filters, _fused_extras(op, out_size)
     if isinstance(op, layers.Dense):
         return int(inputs[0].shape[-1]) * out_size, _fused_extras(op, out_size)
     if isinstance(op, _NORM + _AFFINE):

@@ -190,7 +190,9 @@ def plot(rows, path=None):
             mine = [row for row in points if family(row["model"]) == kind]
             axes.scatter([r["gmacs"] for r in mine], [r["top1"] for r in mine], label=kind,
                          s=[1500 * r["params"] / largest for r in mine], alpha=0.5)
-        axes.legend(loc="lower right", markerscale=0.3)
+        legend = axes.legend(loc="best", title="family")
+        for handle in legend.legend_handles:  # same-size legend markers, whatever the params
+            handle.set_sizes([60])
         for row in points:
             axes.annotate(f"{row['model']}:{row['tag']}", (row["gmacs"], row["top1"]),
                           textcoords="offset points", xytext=(6, 4), fontsize=8)
