@@ -16,7 +16,7 @@ import importlib
 import os
 import sys
 
-COMMAND_MODULES = ("weights", "inference", "transfer", "viz")
+COMMAND_MODULES = ("weights", "inference", "transfer", "viz", "compare")
 
 
 def build_parser():
