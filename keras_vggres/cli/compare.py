@@ -16,7 +16,7 @@ def _has_matplotlib():
 
 
 def cmd_compare(args):
-    from keras_vggres.profile import format_rows, plot, profile
+    from keras_vggres.profiling import format_rows, plot, profile
 
     plotting = args.plot is not None and _has_matplotlib()
     if args.plot is not None and not plotting:  # said before the long run, and again after it

@@ -5,7 +5,8 @@ as a table, markdown, JSON or CSV; `plot` draws published top-1 against GMACs. E
 architecture is built once with random weights (nothing is downloaded); its figures come from
 its Keras graph (`keras_vggres.costs`) and, with `measure=True`, from timing it here
 (`keras_vggres.timing`). The published figures (top-1/top-5, file size) come from the weights
-manifest. The module itself is callable: `keras_vggres.profile(["vgg16", "resnet50"])`.
+manifest. `keras_vggres.profile(["vgg16", "resnet50"])` is this module's `profile` (the module
+has another name, so importing it never shadows the function).
 
 Importing this module does not import Keras or TensorFlow (the CLI reads `FORMATS` from it).
 """
@@ -14,8 +15,6 @@ from __future__ import annotations
 
 import gc
 import math
-import sys
-import types
 from contextlib import nullcontext
 
 from keras_vggres._checks import check_bool, check_int
@@ -230,17 +229,3 @@ def _save(figure, path):
     suffix = os.path.splitext(os.fspath(path))[1]
     with _atomic.replacing(path, suffix=suffix) as tmp:
         figure.savefig(tmp, format=suffix.lstrip(".") or "png", bbox_inches="tight", dpi=120)
-
-
-# `keras_vggres.profile` names both this module and its function: the package's lazy export
-# binds the function, importing the submodule binds the module. Either way both
-# `keras_vggres.profile(...)` and `keras_vggres.profile.plot(...)` must work.
-class _CallableModule(types.ModuleType):
-    """This module, callable as `profile`."""
-
-    def __call__(self, *args, **kwargs):
-        return profile(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
-profile.plot, profile.format_rows = plot, format_rows
