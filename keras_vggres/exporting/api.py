@@ -31,12 +31,16 @@ WRITERS = {"keras": "keras_vggres.exporting.keras_file",
 def export(model, path, format, *, quantize=None, calibration=None, class_names=None):
     """Export a classifier for deployment, preprocessing inside: raw RGB 0-255 float32 in.
 
-    | format | output | class names |
-    |---|---|---|
-    | `"keras"` | a `.keras` file (`keras_vggres.save_model`) | its `keras_vggres.json` entry (`load_run` reads it) |
-    | `"savedmodel"` | a SavedModel folder: endpoints `serve` (images -> probabilities) and, with class names, `classify` | `classify`'s outputs and `assets.extra/keras_vggres.json` |
-    | `"tflite"` | a `.tflite` file (LiteRT), signature `serve`: `images` -> `probabilities` | model metadata entry `keras_vggres` (JSON) |
-    | `"onnx"` | a `.onnx` file (tf2onnx), input `images`, output `probabilities` | `metadata_props`: `class_names` (JSON list) and `keras_vggres` (JSON) |
+    Formats, and where each carries the class names:
+    - "keras": a `.keras` file (`keras_vggres.save_model`); its `keras_vggres.json` entry
+      (what `load_run` and `keras_vggres.load_model` read).
+    - "savedmodel": a SavedModel folder, endpoints `serve` (images -> probabilities) and,
+      with class names, `classify` (also the top class and every class name);
+      `assets.extra/keras_vggres.json` holds the record.
+    - "tflite": a `.tflite` file (LiteRT), signature `serve`: `images` -> `probabilities`;
+      the record is the model metadata entry `keras_vggres`.
+    - "onnx": a `.onnx` file (tf2onnx), input `images`, output `probabilities`;
+      `metadata_props` `class_names` (a JSON list) and `keras_vggres` (the record).
 
     Every format has a dynamic batch dimension. The JSON record holds the class names, the
     input contract and the model's weights record (preprocessing, eval transform).
