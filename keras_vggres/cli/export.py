@@ -10,11 +10,13 @@ from keras_vggres.cli._args import positive_int, weights_arg
 
 def cmd_export(args):
     import keras_vggres
+    from keras_vggres.exporting.api import check_request
 
-    model, class_names, source = _load(args)
     calibration = args.calibration
     if calibration is not None and len(calibration) == 1:
         calibration = calibration[0]
+    check_request(args.format, args.out, quantize=args.quantize, calibration=calibration)
+    model, class_names, source = _load(args)  # arguments are checked before the slow part
     path = keras_vggres.export(model, args.out, args.format, quantize=args.quantize,
                                calibration=calibration, class_names=class_names)
     quantized = f", {args.quantize}" if args.quantize else ""

@@ -66,10 +66,7 @@ def export(model, path, format, *, quantize=None, calibration=None, class_names=
     Returns:
         `path` as a string.
     """
-    check_choice("format", format, FORMATS)
-    _check_quantize(format, quantize, calibration)
-    path = _check_path(format, path)
-    _require_packages(format)
+    path = check_request(format, path, quantize=quantize, calibration=calibration)
     from keras_vggres.exporting.record import checked_model, export_record, resolve_class_names
 
     model = checked_model(model)
@@ -78,6 +75,16 @@ def export(model, path, format, *, quantize=None, calibration=None, class_names=
     writer = importlib.import_module(WRITERS[format])
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     writer.write(model, path, record=record, quantize=quantize, calibration=calibration)
+    return path
+
+
+def check_request(format, path, *, quantize=None, calibration=None):
+    """Everything about an export that can be checked before the model is built or loaded
+    (the CLI calls it first); returns `path` as a string."""
+    check_choice("format", format, FORMATS)
+    _check_quantize(format, quantize, calibration)
+    path = _check_path(format, path)
+    _require_packages(format)
     return path
 
 
