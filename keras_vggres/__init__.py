@@ -24,6 +24,7 @@ _EXPORTS = {
     "keras_vggres.inference": ("optimize_for_inference",),
     "keras_vggres.saving": ("load_model", "save_model"),
     "keras_vggres.profiling": ("profile",),
+    "keras_vggres.exporting": ("export",),
 }
 __all__, __getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
 _register.install()

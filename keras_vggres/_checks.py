@@ -19,6 +19,8 @@ BN_POLICIES = ("frozen", "train")
 VERBOSITY = ("auto", 0, 1, 2)
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 AUGMENTATIONS = (False, None, "flip", "basic", "random_resized_crop")
+EXPORT_FORMATS = ("keras", "savedmodel", "tflite", "onnx")
+QUANTIZATIONS = (None, "float16", "int8")
 
 
 def _is_member(value, choices):

@@ -68,10 +68,11 @@ def load_model(path, *, compile=False):
     return model
 
 
-def export_saved_model(model, path, *, class_names=None):
+def export_saved_model(model, path, *, class_names=None, record=None):
     """A TensorFlow SavedModel (via a temporary folder) with two endpoints: `serve` (images
     -> probabilities) and, with `class_names`, `classify` (images -> probabilities, the top
-    class index and its name as a string, and every class name)."""
+    class index and its name as a string, and every class name). A `record` (a JSON-ready
+    dict) is written to `assets.extra/keras_vggres.json`, readable without TensorFlow."""
     import tensorflow as tf
     from keras.export import ExportArchive
 
@@ -93,4 +94,8 @@ def export_saved_model(model, path, *, class_names=None):
         archive.add_endpoint("classify", classify, signature)
     with replacing(path) as tmp:
         archive.write_out(tmp, verbose=False)
+        if record is not None:
+            os.makedirs(os.path.join(tmp, "assets.extra"))
+            with open(os.path.join(tmp, "assets.extra", INFO_ENTRY), "x", encoding="utf-8") as f:
+                json.dump(record, f, indent=1)
     return os.fspath(path)

@@ -1,7 +1,8 @@
 """`keras-vggres`: models, weights cache, classification, fine-tuning and more, from a shell.
 
 Sub-commands list models and weights, fill and verify the cache, convert, classify, fine-tune,
-extract features, predict with a run's class names and draw Grad-CAM heatmaps.
+extract features, predict with a run's class names, draw Grad-CAM heatmaps, compare models
+and export them for deployment.
 
 One module per group of sub-commands (`COMMAND_MODULES`), each with `add_parsers(sub)` and small
 `cmd_*` functions. Choice lists come from the Keras-free `keras_vggres._checks`; TensorFlow and
@@ -16,7 +17,7 @@ import importlib
 import os
 import sys
 
-COMMAND_MODULES = ("weights", "inference", "transfer", "viz", "compare")
+COMMAND_MODULES = ("weights", "inference", "transfer", "viz", "compare", "export")
 
 
 def build_parser():
@@ -36,7 +37,7 @@ def main(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is first imported
     try:
         return args.func(args)
-    except (ValueError, TypeError, OSError, RuntimeError, MemoryError) as error:
+    except (ValueError, TypeError, OSError, RuntimeError, MemoryError, ImportError) as error:
         print(f"keras-vggres {args.command}: error: {one_line(error)}", file=sys.stderr)
         return 2
 
