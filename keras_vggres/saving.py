@@ -9,6 +9,7 @@ predicts with its own class names and image transform.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import zipfile
@@ -93,9 +94,23 @@ def export_saved_model(model, path, *, class_names=None, record=None):
 
         archive.add_endpoint("classify", classify, signature)
     with replacing(path) as tmp:
-        archive.write_out(tmp, verbose=False)
+        with _quiet_tensorflow_logger():  # "INFO: Assets written to ..." on every export
+            archive.write_out(tmp, verbose=False)
         if record is not None:
             os.makedirs(os.path.join(tmp, "assets.extra"))
             with open(os.path.join(tmp, "assets.extra", INFO_ENTRY), "x", encoding="utf-8") as f:
                 json.dump(record, f, indent=1)
     return os.fspath(path)
+
+
+@contextlib.contextmanager
+def _quiet_tensorflow_logger():
+    import tensorflow as tf
+
+    logger = tf.get_logger()
+    level = logger.level
+    logger.setLevel("ERROR")
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
