@@ -26,21 +26,7 @@ NAME = "weights_tf_dim_ordering_tf_kernels.h5"
 PATH = "/models/" + NAME
 
 
-@pytest.fixture(autouse=True)
-def _fast_and_online(monkeypatch):
-    """Online against 127.0.0.1 only, tiny backoff and timeout, no env leaking in."""
-    for var in ("KERAS_VGGRES_OFFLINE", "KERAS_VGGRES_MIRROR", "KERAS_VGGRES_QUIET",
-                "KERAS_VGGRES_HOME"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("KERAS_VGGRES_TIMEOUT", "5")
-    monkeypatch.setattr(_http, "BACKOFF_BASE", 0.01)
-
-
-@pytest.fixture
-def server():
-    srv = FaultyServer()
-    yield srv
-    srv.close()
+pytestmark = pytest.mark.usefixtures("online_downloads")
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from keras_vggres import _atomic
-from keras_vggres.weights import _http, _limits
+from keras_vggres.weights import _limits
 from keras_vggres.weights.download import DownloadError, fetch
 from keras_vggres.weights.spec import FileSpec
 from tests.support.http_server import FaultyServer
@@ -83,13 +83,7 @@ class _Handler(BaseHTTPRequestHandler):
             pass
 
 
-@pytest.fixture(autouse=True)
-def _online(monkeypatch):
-    for var in ("KERAS_VGGRES_OFFLINE", "KERAS_VGGRES_MIRROR", "KERAS_VGGRES_HOME",
-                _limits.MAX_MIB_ENV, _limits.MIN_RATE_ENV, _limits.RATE_WINDOW_ENV):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("KERAS_VGGRES_TIMEOUT", "5")
-    monkeypatch.setattr(_http, "BACKOFF_BASE", 0.01)
+pytestmark = pytest.mark.usefixtures("online_downloads")
 
 
 @pytest.fixture

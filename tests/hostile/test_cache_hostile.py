@@ -18,28 +18,15 @@ from pathlib import Path
 import pytest
 
 from keras_vggres import _atomic, cli
-from keras_vggres.weights import _fs, _http, cache, converted as conv, download
+from keras_vggres.weights import _fs, cache, converted as conv, download
 from keras_vggres.weights.download import UnsafeCacheEntryError, fetch
 from keras_vggres.weights.spec import FileSpec
-from tests.support.http_server import FaultyServer
 
 NAME = "race_weights.h5"
 ROOT = Path(download.__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def _online(monkeypatch):
-    for var in ("KERAS_VGGRES_OFFLINE", "KERAS_VGGRES_MIRROR", "KERAS_VGGRES_HOME"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("KERAS_VGGRES_TIMEOUT", "5")
-    monkeypatch.setattr(_http, "BACKOFF_BASE", 0.01)
-
-
-@pytest.fixture
-def server():
-    srv = FaultyServer()
-    yield srv
-    srv.close()
+pytestmark = pytest.mark.usefixtures("online_downloads")
 
 
 @pytest.fixture
