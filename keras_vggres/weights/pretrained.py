@@ -130,19 +130,24 @@ def load(model, model_name, choice, *, include_top, channels=3):
 
     With `channels` != 3 the first convolution is adapted (`weights.channels`).
     """
-    adapt = None
-    if channels != 3:
-        from keras_vggres.models.specs import first_conv
-        from keras_vggres.weights.channels import adapt_plan
-
-        def adapt(plan):
-            return adapt_plan(plan, first_conv(model_name), channels)
-
+    adapt = _channel_adapter(model_name, channels)
     if choice.record is not None:
         return load_tag(model, model_name, choice.record, include_top=include_top, adapt=adapt)
     if choice.path is not None:
         return load_file(model, model_name, choice.path, include_top=include_top, adapt=adapt)
     return None
+
+
+def _channel_adapter(model_name, channels):
+    """None for RGB, else a function adapting a plan's first convolution to `channels`."""
+    if channels == 3:
+        return None
+    from functools import partial
+
+    from keras_vggres.models.specs import first_conv
+    from keras_vggres.weights.channels import adapt_plan
+
+    return partial(adapt_plan, layer=first_conv(model_name), channels=channels)
 
 
 def load_file(model, model_name, path, *, include_top, adapt=None):
