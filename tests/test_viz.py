@@ -14,6 +14,7 @@ import tensorflow as tf
 from keras_vggres import cli, models, viz
 from keras_vggres.saving import load_model, save_model
 from keras_vggres.transfer import classifier, report
+from keras_vggres.transfer.toydata import coloured_squares
 from keras_vggres.viz.overlays import builtin_jet, colorize
 from keras_vggres.weights.info import weights_info
 
@@ -194,28 +195,8 @@ def test_unknown_class_name(saved, images):
 
 
 # ----------------------------------------------------------------------------- localisation
-COLOURS = np.array([[220, 40, 40], [40, 90, 230]], np.float32)  # class 0 red, class 1 blue
-
-
-def square_images(count, seed, sides=(12, 18)):
-    """Grey striped noise with one coloured square at a random place: only its colour tells
-    the class. Returns images, labels, (top, left, side) per image."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
-    x = np.empty((count, SIZE, SIZE, 3), np.float32)
-    labels, boxes = rng.integers(0, 2, count), []
-    for i in range(count):
-        angle, frequency = rng.uniform(0, np.pi), rng.uniform(0.1, 0.5)
-        stripes = 60 * np.sin(frequency * (np.cos(angle) * xx + np.sin(angle) * yy)
-                              + rng.uniform(0, 6))
-        x[i] = np.clip(128 + stripes + rng.normal(0, 30, (SIZE, SIZE)), 0, 255)[..., None]
-        side = int(rng.integers(sides[0], sides[1] + 1))
-        top, left = rng.integers(0, SIZE - side + 1, 2)
-        colour = COLOURS[labels[i]] + rng.normal(0, 15, 3)
-        x[i, top:top + side, left:left + side] = np.clip(
-            colour + rng.normal(0, 10, (side, side, 3)), 0, 255)
-        boxes.append((top, left, side))
-    return x, labels, np.array(boxes)
+def square_images(count, seed):
+    return coloured_squares(count, size=SIZE, seed=seed)
 
 
 def tiny_vgg():

@@ -215,3 +215,33 @@ def _write_odd(path, mode, img):
         img.convert("P", palette=Image.Palette.ADAPTIVE, colors=64).save(path, format="PNG")
     else:  # "L" and "CMYK" JPEGs
         img.convert(mode).save(path, format="JPEG", quality=92)
+
+
+SQUARE_COLOURS = ((220, 40, 40), (40, 90, 230))  # class 0 red, class 1 blue
+
+
+def coloured_squares(count, size=64, seed=0, sides=(12, 18)):
+    """Images whose class is only the colour of a square at a random place, on grey striped
+    noise: the ground truth for "did the model look at the evidence" (Grad-CAM).
+
+    Returns:
+        `(images float32 (count, size, size, 3) in 0-255, labels (count,), boxes (count, 3)
+        as (top, left, side))`.
+    """
+    rng = np.random.default_rng(seed)
+    colours = np.asarray(SQUARE_COLOURS, np.float32)
+    yy, xx = np.mgrid[0:size, 0:size]
+    images = np.empty((count, size, size, 3), np.float32)
+    labels, boxes = rng.integers(0, len(colours), count), []
+    for i in range(count):
+        angle, frequency = rng.uniform(0, np.pi), rng.uniform(0.1, 0.5)
+        stripes = 60 * np.sin(frequency * (np.cos(angle) * xx + np.sin(angle) * yy)
+                              + rng.uniform(0, 6))
+        images[i] = np.clip(128 + stripes + rng.normal(0, 30, (size, size)), 0, 255)[..., None]
+        side = int(rng.integers(sides[0], sides[1] + 1))
+        top, left = rng.integers(0, size - side + 1, 2)
+        colour = colours[labels[i]] + rng.normal(0, 15, 3)
+        images[i, top:top + side, left:left + side] = np.clip(
+            colour + rng.normal(0, 10, (side, side, 3)), 0, 255)
+        boxes.append((top, left, side))
+    return images, labels, np.array(boxes)
