@@ -56,6 +56,8 @@ def torch(request):
     if request.node.get_closest_marker(TORCH_MARK) is None:
         pytest.fail(f"{request.node.nodeid} uses PyTorch: mark it @pytest.mark.torch",
                     pytrace=False)
+    if not torch_installed():  # reached only with --require-torch (else skipped before)
+        request.getfixturevalue("_fail_without_torch")
     import torch
 
     return torch
