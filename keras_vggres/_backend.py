@@ -38,7 +38,7 @@ def require_tensorflow(feature: str, *, instead: str | None = None):
     name = backend()
     if name != TENSORFLOW:
         chosen = os.environ.get("KERAS_BACKEND")
-        source = (f"KERAS_BACKEND={chosen!r}" if chosen else "from ~/.keras/keras.json")
+        source = f"KERAS_BACKEND={chosen!r}" if chosen else "set in keras.json"
         hint = f" {instead}" if instead else ""
         raise RuntimeError(
             f"{feature} needs the TensorFlow backend of Keras, but Keras is running the "

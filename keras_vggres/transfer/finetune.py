@@ -42,8 +42,9 @@ from keras_vggres.transfer.training import compile_phase, phase_callbacks, phase
 # The embedding pass needs no gradients: a batch this many times the training batch fits
 # wherever training fits, and runs faster.
 EMBEDDING_BATCH_FACTOR = 2
-_INSTEAD = ("On this backend, build the model with keras_vggres.transfer.classifier, freeze it with "
-            "transfer.freeze and train it with model.fit on arrays from keras_vggres.load_images.")
+_INSTEAD = ("On this backend, build the model with keras_vggres.transfer.classifier, freeze it "
+            "with transfer.freeze and train it with model.fit on arrays from "
+            "keras_vggres.load_images.")
 __all__ = ["finetune", "FinetuneResult", "build_classifier", "embed_splits", "feature_dataset",
            "freeze_backbone", "unfreeze_stages"]
 

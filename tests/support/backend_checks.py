@@ -1,4 +1,4 @@
-"""The same computations on any Keras backend, so TensorFlow's numbers can be compared with another's.
+"""The same computations on any Keras backend, to compare TensorFlow's numbers with another's.
 
 `prepare(folder)` (TensorFlow, the parent test) writes the weight files every backend loads: a
 legacy HDF5 and a Keras `.weights.h5` of a seeded ResNet18, a legacy HDF5 of a seeded VGG16BN
