@@ -13,7 +13,10 @@ around it only make the usual rules explicit:
 - mixed precision (`set_precision`, `precision_scope`, `optimizer_for`) and XLA
   (`compile_kwargs`, `predict_fn`).
 
-Decisions are logged on the "keras_vggres" logger.
+Decisions are logged on the "keras_vggres" logger. The strategies, sharding and `predict_fn` are
+TensorFlow programs: on another Keras backend they raise a RuntimeError saying so
+(`keras_vggres._backend.require_tensorflow`), and TensorFlow is imported only when one of them
+runs. The precision and `compile_kwargs` helpers work on every backend.
 """
 
 from __future__ import annotations
@@ -27,9 +30,8 @@ import os
 import tempfile
 
 import keras
-import tensorflow as tf
 
-from keras_vggres._compat import fix_multiworker_fit
+from keras_vggres._backend import TENSORFLOW, backend, device_kind, require_tensorflow
 from keras_vggres._checks import (JIT_CHOICES, PRECISIONS, STRATEGY_KINDS, check_choice,
                                   check_int)
 
@@ -45,6 +47,14 @@ _NO_TPU_HELP = (
     "then `gcloud compute tpus tpu-vm ssh ...`) with the TensorFlow TPU build installed, or set "
     "TPU_NAME / pass tpu=<name or grpc://address> for a TPU node. Use kind='auto' to fall back "
     "to GPUs or the CPU.")
+_FEATURE = "keras_vggres.distribute (tf.distribute strategies, tf.data sharding)"
+_INSTEAD = ("On JAX, distribute with keras.distribution (e.g. keras.distribution.DataParallel, "
+            "as benchmarks/gpu.py does); the builders, weights and heads work there unchanged.")
+
+
+def _tf():
+    """The tensorflow module; a RuntimeError naming the feature on other backends."""
+    return require_tensorflow(_FEATURE, instead=_INSTEAD)
 
 
 # --------------------------------------------------------------------------- strategies
@@ -72,6 +82,7 @@ def strategy(kind="auto", devices=None, *, tpu=None):
 
 
 def _make_strategy(kind, devices=None, tpu=None):
+    tf = _tf()
     if isinstance(kind, tf.distribute.Strategy):
         return kind
     check_choice("kind", kind, STRATEGY_KINDS)
@@ -91,6 +102,7 @@ def _make_strategy(kind, devices=None, tpu=None):
 
 def _auto(tpu):
     """The `"auto"` decision, cheapest checks first; every outcome is logged with its reason."""
+    tf = _tf()
     if tpu is not None or _looks_like_tpu_host():
         try:
             return _tpu_strategy(tpu)
@@ -126,6 +138,7 @@ def _looks_like_tpu_host():
 
 def _tpu_strategy(tpu=None):
     """TPUStrategy for `tpu`; RuntimeError with instructions when no TPU can be reached."""
+    tf = _tf()
     try:
         try:
             resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
@@ -180,6 +193,7 @@ def _count_workers(config):
 
 
 def _multiworker_strategy(why=None):
+    tf = _tf()
     config = read_tf_config()
     if config is None:
         raise ValueError("kind='multiworker' needs the TF_CONFIG environment variable (the "
@@ -193,6 +207,7 @@ def _multiworker_strategy(why=None):
 
 
 def _mirrored_strategy(devices, why=None):
+    tf = _tf()
     if devices is not None:
         if isinstance(devices, str) or not all(isinstance(d, str) for d in devices) or not devices:
             raise TypeError("`devices` must be a non-empty list of device names such as "
@@ -220,8 +235,17 @@ def build_in_scope(strategy, fn, *args, **kwargs):
     return result
 
 
+def fix_multiworker_fit(model):
+    """Let `model.fit` run under MultiWorkerMirroredStrategy: Keras 3 workarounds, applied to
+    this model only (`keras_vggres._compat.fix_multiworker_fit`, imported on use: TensorFlow)."""
+    from keras_vggres._compat import fix_multiworker_fit as fix
+
+    return fix(model)
+
+
 def is_multiworker(strategy=None):
     """Whether `strategy` is a MultiWorkerMirroredStrategy with a cluster (TF_CONFIG) behind it."""
+    tf = _tf()
     strategy = strategy or tf.distribute.get_strategy()
     return (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
             and _task(strategy)[0] is not None)
@@ -230,6 +254,7 @@ def is_multiworker(strategy=None):
 # --------------------------------------------------------------------------- topology
 def replicas(strategy=None):
     """Number of replicas that train in sync (1 without a strategy)."""
+    tf = _tf()
     return (strategy or tf.distribute.get_strategy()).num_replicas_in_sync
 
 
@@ -240,6 +265,7 @@ def global_batch_size(per_replica, strategy=None):
 
 def _task(strategy=None):
     """(task_type, task_id, cluster dict) of this process; task_type None when single-worker."""
+    tf = _tf()
     strategy = strategy or tf.distribute.get_strategy()
     if isinstance(strategy, tf.distribute.TPUStrategy):
         return None, 0, {}           # the host running the program drives the whole TPU
@@ -317,6 +343,7 @@ def with_auto_shard(dataset, policy="data"):
             friends; needs at least one file per worker, see `shard_policy_for`); `"off"`:
             no sharding (each worker sees everything; for datasets already sharded by hand).
     """
+    tf = _tf()
     check_choice("policy", policy, SHARD_POLICIES)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = getattr(
@@ -340,6 +367,9 @@ def shard_policy_for(num_files, strategy=None, *, workers=None):
 # --------------------------------------------------------------------------- precision, XLA
 def _accelerator(strategy=None):
     """"tpu", "gpu" or "cpu", without starting the TensorFlow runtime."""
+    if backend() != TENSORFLOW:
+        return device_kind()
+    tf = _tf()
     if isinstance(strategy or tf.distribute.get_strategy(), tf.distribute.TPUStrategy):
         return "tpu"
     if tf.config.list_physical_devices("TPU"):
@@ -406,6 +436,7 @@ def compile_kwargs(jit_compile="auto", **compile_args):
 
 def predict_fn(model, *, jit_compile=True):
     """A `tf.function` running `model(x, training=False)`, XLA-compiled unless told otherwise."""
+    tf = _tf()
     check_choice("jit_compile", jit_compile, (True, False))
 
     @tf.function(jit_compile=jit_compile, reduce_retracing=True)

@@ -15,6 +15,7 @@ import os
 import zipfile
 
 from keras_vggres._atomic import replacing
+from keras_vggres._backend import require_tensorflow
 
 INFO_ENTRY = "keras_vggres.json"
 INFO_VERSION = 1
@@ -74,7 +75,9 @@ def export_saved_model(model, path, *, class_names=None, record=None):
     -> probabilities) and, with `class_names`, `classify` (images -> probabilities, the top
     class index and its name as a string, and every class name). A `record` (a JSON-ready
     dict) is written to `assets.extra/keras_vggres.json`, readable without TensorFlow."""
-    import tensorflow as tf
+    tf = require_tensorflow("export_saved_model() (a TensorFlow SavedModel)",
+                            instead="On this backend, save a .keras file with "
+                                    "keras_vggres.save_model and export it from TensorFlow.")
     from keras.export import ExportArchive
 
     signature = [tf.TensorSpec((None,) + tuple(model.inputs[0].shape[1:]), tf.float32,

@@ -72,9 +72,9 @@ def test_download_from_mirror_then_verify_and_repair(tmp_path, monkeypatch, caps
 
 
 def test_convert_writes_a_loadable_h5(tmp_path, capsys):
-    from tests.support.torch_reference import make_state_dict_file
+    from tests.support.synthetic_checkpoints import write_checkpoint
 
-    make_state_dict_file("resnet18", tmp_path / "r18.pth")
+    write_checkpoint("resnet18", tmp_path / "r18.pth")
     out = tmp_path / "r18.h5"
     assert cli.main(["convert", str(tmp_path / "r18.pth"), "--model", "resnet18",
                      "--out", str(out)]) == 0

@@ -1,22 +1,23 @@
-"""torchvision state dict -> our Keras layers: the name map, its errors, and numeric parity.
+"""torchvision state dict -> our Keras layers: the name map, its errors, loading paths.
 
-The reference networks (tests/support/torch_reference.py) reproduce torchvision's parameter
-names, so their state dicts stand in for the published .pth files. They copy torchvision's own
-definitions and share no table with the package, so a wrong fact in `models/specs.py` fails here.
+torchvision's keys and shapes come from the PyTorch oracle (tests/support/torch_reference.py,
+stored by make_torch_references.py), its values from `synthetic_checkpoints` (seeded), so these
+tests need no PyTorch. The oracle copies torchvision's own definitions and shares no table with
+the package, so a wrong fact in `models/specs.py` fails here; numeric parity with PyTorch for
+whole models is in tests/test_torch_parity.py.
 """
 
 import dataclasses
 import inspect
-import types
 import os
 import subprocess
 import sys
 import textwrap
+import types
 
 import keras
 import numpy as np
 import pytest
-import torch
 
 import keras_vggres
 from keras_vggres import registry
@@ -26,7 +27,7 @@ from keras_vggres.weights.convert import (TORCHVISION_MODELS, convert_pth_file, 
                                           linear_to_dense, oihw_to_hwio, torchvision_layer_map,
                                           vgg_fc1_to_dense)
 from keras_vggres.weights.torch_pth import load_pth
-from tests.support import torch_reference
+from tests.support import pth_writer, stored_references, synthetic_checkpoints
 from tests.support.numerics import rel_diff
 
 TOLERANCE = 1e-4
@@ -36,7 +37,7 @@ HEADS = {"fc.weight", "fc.bias"} | {f"classifier.{i}.{p}" for i in (0, 3, 6)
 
 def _fake_state_dict(model_name, *, include_top=True):
     """Zero arrays of torchvision's exact keys and shapes, without allocating them."""
-    shapes = torch_reference.meta_state_dict_shapes(model_name)
+    shapes = synthetic_checkpoints.state_dict_shapes(model_name)
     return {key: np.broadcast_to(np.zeros((), np.int64 if key.endswith("tracked") else np.float32),
                                  shape)
             for key, shape in shapes.items() if include_top or key not in HEADS}
@@ -44,8 +45,7 @@ def _fake_state_dict(model_name, *, include_top=True):
 
 @pytest.fixture(scope="module")
 def resnet18_state():
-    return {k: v.numpy() for k, v in torch_reference.randomize(
-        torch_reference.build("resnet18")).state_dict().items()}
+    return dict(synthetic_checkpoints.synthetic_state_dict("resnet18", seed=0))
 
 
 def _builder_kwargs(model_name):
@@ -58,7 +58,7 @@ def _builder_kwargs(model_name):
 
 @pytest.mark.parametrize("model_name", TORCHVISION_MODELS)
 def test_layer_map_uses_every_torchvision_key(model_name):
-    torch_keys = set(torch_reference.meta_state_dict_shapes(model_name))
+    torch_keys = set(synthetic_checkpoints.state_dict_shapes(model_name))
     mapped = [key for sources in torchvision_layer_map(model_name).values() for key, _ in sources]
     assert len(mapped) == len(set(mapped))
     counters = {k for k in torch_keys if k.endswith(".num_batches_tracked")}
@@ -221,11 +221,21 @@ def test_half_precision_state_dict_converts_to_float32(resnet18_state):
 # ------------------------------------------------------------------ files and loading
 
 
+SMALL = stored_references.CASES_BY_NAME["resnet18_notop64x64_s3"]
+
+
 @pytest.fixture(scope="module")
 def resnet18_file(tmp_path_factory):
+    """The small stored case's checkpoint: its state dict, its `.pth` file."""
     path = tmp_path_factory.mktemp("pth") / "resnet18-random.pth"
-    net = torch_reference.make_state_dict_file("resnet18", path, seed=3)
-    return net, path
+    state = synthetic_checkpoints.write_checkpoint(SMALL.model_name, path, seed=SMALL.seed)
+    return state, path
+
+
+def _small_reference(state):
+    """PyTorch's stored output for the small case, and its input."""
+    x = stored_references.case_input(SMALL)
+    return stored_references.load_reference(SMALL, state, x), x
 
 
 def test_convert_pth_file_writes_a_legacy_h5(resnet18_file, tmp_path):
@@ -256,76 +266,14 @@ def _forward(model, x):
     return keras.ops.convert_to_numpy(model(x, training=False))
 
 
-@torch.no_grad()
-def _torch_forward(net, x, *, include_top):
-    x = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
-    return (net(x) if include_top else net.features(x).permute(0, 2, 3, 1)).numpy()
-
-
 def test_builders_load_pth_and_converted_h5(resnet18_file, tmp_path):
     """The user path: `weights=<file.pth>` and `weights=<converted.h5>` give torch's outputs."""
-    net, path = resnet18_file
-    x = np.random.default_rng(1).normal(size=(1, 64, 64, 3)).astype(np.float32)
-    expected = _torch_forward(net, x, include_top=False)
+    state, path = resnet18_file
+    expected, x = _small_reference(state)
     h5_path = convert_pth_file(path, "resnet18", tmp_path / "r18.h5", include_top=False)
     for weights in (str(path), str(h5_path)):
         model = keras_vggres.ResNet18(weights=weights, include_top=False, input_shape=(64, 64, 3))
         assert rel_diff(_forward(model, x), expected) <= TOLERANCE, weights
-
-
-# ------------------------------------------------------------------------ numeric parity
-
-PARITY = [  # (torchvision name, public builder, builder kwargs)
-    ("resnet18", "ResNet18", {}),
-    ("resnet34", "ResNet34", {}),
-    ("resnet50", "ResNet50", {"variant": "v1.5"}),
-    ("vgg11_bn", "VGG11BN", {}),
-    ("vgg16", "VGG16", {}),
-]
-SIZES = {True: (224, 224), False: (225, 199)}  # with top: the pretrained size; without: odd
-
-
-class _OneCheckpoint:
-    """Keeps only the latest reference net and its .pth (VGG16's is 550 MB)."""
-
-    def __init__(self, folder):
-        self.folder, self.name, self.value = folder, None, None
-
-    def get(self, model_name):
-        if model_name != self.name:
-            self.name = self.value = None
-            path = self.folder / f"{model_name}.pth"
-            net = torch_reference.make_state_dict_file(model_name, path, seed=11)
-            self.name, self.value = model_name, (net, path)
-        return self.value
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    return _OneCheckpoint(tmp_path_factory.mktemp("parity"))
-
-
-@pytest.mark.parametrize("include_top", [True, False], ids=["top224", "notop225x199"])
-@pytest.mark.parametrize("model_name, builder, kwargs", PARITY, ids=[p[0] for p in PARITY])
-def test_numeric_parity_with_torchvision(checkpoints, model_name, builder, kwargs, include_top):
-    net, path = checkpoints.get(model_name)
-    height, width = SIZES[include_top]
-    model = getattr(keras_vggres, builder)(weights=None, include_top=include_top,
-                                           input_shape=(height, width, 3),
-                                           classifier_activation=None, **kwargs)
-    plan = convert_state_dict(load_pth(path), model_name, include_top=include_top)
-    h5.assign_layer_weights(model, plan, source=str(path))
-    del plan
-    x = np.random.default_rng(5).normal(size=(1, height, width, 3)).astype(np.float32)
-    expected = _torch_forward(net, x, include_top=include_top)
-    actual = _forward(model, x)
-    assert actual.shape == expected.shape
-    difference = rel_diff(actual, expected)
-    print(f"PARITY {model_name} {'top' if include_top else 'notop'} {height}x{width} "
-          f"rel_diff={difference:.2e}")
-    assert difference <= TOLERANCE
-    del model
-    keras.backend.clear_session()
 
 
 # --------------------------------------------------------------------- without torch
@@ -355,18 +303,30 @@ def test_reading_and_converting_need_no_torch(resnet18_file, tmp_path):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    expected = torch.load(path, weights_only=True)["conv1.weight"].numpy().transpose(2, 3, 1, 0)
+    expected = resnet18_file[0]["conv1.weight"].transpose(2, 3, 1, 0)
     np.testing.assert_array_equal(np.load(out), expected)
 
 
 # ------------------------------------------------------- the oracle does not share our tables
 
 
+def _borrowed(module):
+    return [name for name, value in vars(module).items()
+            if (value.__name__ if isinstance(value, types.ModuleType)
+                else getattr(value, "__module__", None) or "").startswith("keras_vggres")]
+
+
+@pytest.mark.torch
 def test_oracle_uses_no_package_table():
-    borrowed = [name for name, value in vars(torch_reference).items()
-                if (value.__name__ if isinstance(value, types.ModuleType)
-                    else getattr(value, "__module__", None) or "").startswith("keras_vggres")]
-    assert borrowed == []
+    from tests.support import make_torch_references, torch_reference
+
+    assert _borrowed(torch_reference) == [] and _borrowed(make_torch_references) == []
+
+
+def test_torch_free_stand_ins_use_no_package_table():
+    """The synthetic weights, the .pth writer and the stored references borrow nothing either."""
+    for module in (synthetic_checkpoints, pth_writer, stored_references):
+        assert _borrowed(module) == [], module.__name__
 
 
 @pytest.mark.parametrize("model_name, table, key, wrong, pattern", [
@@ -397,9 +357,8 @@ def test_a_wrong_width_fails_against_the_oracle(monkeypatch):
 
 def test_a_wrong_stride_rule_fails_numeric_parity(monkeypatch, resnet18_file):
     """Strides change no weight shape: the oracle's forward pass is what catches them."""
-    net, path = resnet18_file
-    x = np.random.default_rng(2).normal(size=(1, 64, 64, 3)).astype(np.float32)
-    expected = _torch_forward(net, x, include_top=False)
+    state, path = resnet18_file
+    expected, x = _small_reference(state)
     plan = convert_state_dict(load_pth(path), "resnet18", include_top=False)
     differences = []
     for stride_block in ("first", "last"):   # torchvision's rule, then a wrong one

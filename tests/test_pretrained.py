@@ -66,10 +66,10 @@ def test_keras_tag_downloads_verifies_and_loads(tmp_path, monkeypatch, server):
 
 
 def test_torchvision_tag_converts_once_and_caches(tmp_path, monkeypatch, server):
-    from tests.support.torch_reference import make_state_dict_file
+    from tests.support.synthetic_checkpoints import write_checkpoint
 
     pth = tmp_path / "resnet18-test.pth"
-    make_state_dict_file("resnet18", pth, seed=0)
+    write_checkpoint("resnet18", pth, seed=0)
     body = pth.read_bytes()
     name = f"resnet18-{hashlib.sha256(body).hexdigest()[:8]}.pth"
     url = server.add(f"/{name}", body)

@@ -12,6 +12,10 @@ ever written. Memory does not grow with the dataset unless a cache is asked for
 Pixel values: by default the pipelines yield raw RGB in 0-255 (float32), meant for models built
 with `include_preprocessing=True`, as `finetune` does; pass `preprocessing=<mode>`, or a model
 name (+ `weights` tag) whose preprocessing should be applied in the pipeline instead.
+
+The pipelines are TensorFlow programs: on another Keras backend `from_folder`, `from_scan` and
+`decode_resize` raise a RuntimeError saying so (`keras_vggres._backend.require_tensorflow`);
+`keras_vggres.load_images` decodes the same pixels into NumPy arrays on every backend.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from keras_vggres._backend import require_tensorflow
 from keras_vggres._checks import check_choice, check_int, check_number
 from keras_vggres.transfer.augment import make_augment
 from keras_vggres.transfer.hygiene import ScanReport, scan_folder
@@ -33,6 +38,12 @@ RAW = "raw"
 SPLITS = ("train", "val", "test")
 CACHE_CHOICES = (None, False, True, "memory", "disk")
 ERROR_MARK = "keras_vggres image error"
+_INSTEAD = ("On this backend, load images as NumPy arrays with keras_vggres.load_images (the same "
+            "decoding) and pass them to model.fit / predict.")
+
+
+def _require_tf_data(feature):
+    return require_tensorflow(f"{feature} (tf.data pipelines)", instead=_INSTEAD)
 
 
 class ImageDataError(ValueError):
@@ -130,6 +141,7 @@ def from_folder(data_dir, image_size=224, batch_size=32, validation_split=None, 
     Returns:
         A `FolderData`.
     """
+    _require_tf_data("keras_vggres.transfer.from_folder()")
     return from_scan(scan_folder(data_dir, verbose=verbose), image_size=image_size,
                      batch_size=batch_size, validation_split=validation_split, seed=seed,
                      weights=weights, model=model, preprocessing=preprocessing, augment=augment,
@@ -142,6 +154,7 @@ def from_scan(report, *, image_size=224, batch_size=32, validation_split=None, s
     """`from_folder` for an existing `ScanReport` (no second scan)."""
     from keras_vggres.images import check_size
 
+    _require_tf_data("keras_vggres.transfer.from_scan()")
     size = check_size("image_size", image_size)
     check_int("batch_size", batch_size, low=1)
     _check_cache(cache)
@@ -246,7 +259,7 @@ def make_pipeline(paths, labels, image_size, batch_size, *, shuffle, seed, cache
                   preprocessing, transform=None):
     """tf.data: shuffle names -> decode (parallel, Pillow) -> [cache] -> batch -> [augment] ->
     [preprocess] -> prefetch. With a cache, the shuffle moves after it (decoded images)."""
-    import tensorflow as tf
+    tf = _require_tf_data("keras_vggres.transfer.datasets.make_pipeline()")
 
     from keras_vggres.transfer.augment import DecodeTimeAugment
 
@@ -284,7 +297,7 @@ def make_pipeline(paths, labels, image_size, batch_size, *, shuffle, seed, cache
 def decoder(image_size, transform=None, augment=None):
     """A TensorFlow function `path (bytes) [, seed] -> float32 (h, w, 3)` that runs
     `keras_vggres.images.load_image` (or the decode-time augmentation) on the host."""
-    import tensorflow as tf
+    tf = _require_tf_data("keras_vggres.transfer.datasets.decoder()")
 
     from keras_vggres.images import load_image
     from keras_vggres.transforms import Transform

@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -210,11 +211,8 @@ def _dataset_source(dataset, batch_size):
 
 
 def _is_dataset(data):
-    if not hasattr(data, "element_spec"):
-        return False
-    import tensorflow as tf
-
-    return isinstance(data, tf.data.Dataset)
+    tf = sys.modules.get("tensorflow")  # a tf.data.Dataset exists only once TensorFlow is loaded
+    return tf is not None and hasattr(data, "element_spec") and isinstance(data, tf.data.Dataset)
 
 
 def load_transform(model, image_size=None):

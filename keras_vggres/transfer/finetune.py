@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import keras
 
 from keras_vggres import distribute
+from keras_vggres._backend import require_tensorflow
 from keras_vggres._progress import interactive
 from keras_vggres.transfer import exports, fingerprint
 from keras_vggres.transfer.datasets import data_errors, from_scan
@@ -41,6 +42,9 @@ from keras_vggres.transfer.training import compile_phase, phase_callbacks, phase
 # The embedding pass needs no gradients: a batch this many times the training batch fits
 # wherever training fits, and runs faster.
 EMBEDDING_BATCH_FACTOR = 2
+_INSTEAD = ("On this backend, build the model with keras_vggres.transfer.classifier, freeze it "
+            "with transfer.freeze and train it with model.fit on arrays from "
+            "keras_vggres.load_images.")
 __all__ = ["finetune", "FinetuneResult", "build_classifier", "embed_splits", "feature_dataset",
            "freeze_backbone", "unfreeze_stages"]
 
@@ -114,6 +118,8 @@ def finetune(data_dir, model="resnet50", weights="imagenet", image_size=224, bat
     Returns:
         A `FinetuneResult`.
     """
+    require_tensorflow("finetune() (tf.data pipelines, tf.distribute, SavedModel export)",
+                       instead=_INSTEAD)
     settings = finetune_settings(locals())
     strategy = _strategy(strategy)
     settings["global_batch_size"] = distribute.global_batch_size(batch_size, strategy)

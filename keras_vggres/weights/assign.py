@@ -91,27 +91,45 @@ def _dtype(value) -> np.dtype:
 def assign_value(variable, value) -> None:
     """Copy ``value`` (an array or h5py dataset) into ``variable``; large ones in place, by slices.
 
-    On TensorFlow, a weight over ``ASSIGN_SLICE_BYTES`` is written straight into the variable's
-    existing buffer one slice at a time (``scatter_update`` along the first axis), instead of
-    converting the whole array to a new tensor that replaces the buffer. Weights up to
-    ``WHOLE_READ_BYTES`` are read from the file in one go, larger ones slice by slice, so loading
-    VGG16's 411 MB ``fc1`` kernel needs a few MB of extra memory instead of two full copies.
+    On TensorFlow and PyTorch, a weight over ``ASSIGN_SLICE_BYTES`` is written straight into the
+    variable's existing buffer one slice at a time along the first axis (`_slice_writer`),
+    instead of converting the whole array to a new tensor that replaces the buffer. Weights up
+    to ``WHOLE_READ_BYTES`` are read from the file in one go, larger ones slice by slice, so
+    loading VGG16's 411 MB ``fc1`` kernel needs a few MB of extra memory instead of two full
+    copies. JAX arrays are immutable: there the whole value is assigned at once.
     """
     dtype = np.dtype(variable.dtype)
     shape = tuple(variable.shape)
     nbytes = int(np.prod(shape)) * dtype.itemsize
-    target = variable.value if keras.backend.backend() == "tensorflow" else None
-    if nbytes <= ASSIGN_SLICE_BYTES or not shape or not hasattr(target, "scatter_update"):
+    write = _slice_writer(variable) if nbytes > ASSIGN_SLICE_BYTES and shape else None
+    if write is None:
         variable.assign(np.asarray(value, dtype=dtype))
         return
-    import tensorflow as tf
-
     if nbytes <= WHOLE_READ_BYTES:
         value = np.asarray(value, dtype=dtype)
     rows = max(1, ASSIGN_SLICE_BYTES // (nbytes // shape[0]))
     for start in range(0, shape[0], rows):
-        chunk = refusals.read_rows(value, start, min(start + rows, shape[0]), dtype)
-        target.scatter_update(tf.IndexedSlices(chunk, tf.range(start, start + len(chunk))))
+        write(start, refusals.read_rows(value, start, min(start + rows, shape[0]), dtype))
+
+
+def _slice_writer(variable):
+    """``write(start, rows)`` into the variable's own buffer, or None where the backend has no
+    in-place update (JAX)."""
+    backend, target = keras.backend.backend(), variable.value
+    if backend == "tensorflow" and hasattr(target, "scatter_update"):
+        import tensorflow as tf
+
+        def write(start, rows):
+            target.scatter_update(tf.IndexedSlices(rows, tf.range(start, start + len(rows))))
+        return write
+    if backend == "torch":
+        import torch
+
+        def write(start, rows):
+            with torch.no_grad():  # copy_ also moves the rows to the variable's device
+                target[start:start + len(rows)].copy_(torch.from_numpy(np.ascontiguousarray(rows)))
+        return write
+    return None
 
 
 def legacy_weights(layer) -> list:

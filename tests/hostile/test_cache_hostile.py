@@ -241,10 +241,10 @@ def test_link_squatting_on_the_temp_name_is_replaced_not_followed(server, body, 
 
 def _tv_file(folder, seed=0):
     """A generated torchvision resnet18 state dict under its hash-prefixed name, and its spec."""
-    from tests.support.torch_reference import make_state_dict_file
+    from tests.support.synthetic_checkpoints import write_checkpoint
 
     tmp = folder / "tmp.pth"
-    make_state_dict_file("resnet18", tmp, seed=seed)
+    write_checkpoint("resnet18", tmp, seed=seed)
     data = tmp.read_bytes()
     name = f"resnet18-{hashlib.sha256(data).hexdigest()[:8]}.pth"
     tmp.rename(folder / name)

@@ -478,8 +478,7 @@ def test_refusal_message_is_bounded(tmp_path):
 # ----------------------------------------------------------------------------- fuzzing
 
 
-def _genuine(tmp_path):
-    torch = pytest.importorskip("torch")
+def _genuine(tmp_path, torch):
     state = {"conv.weight": torch.randn(4, 3, 3, 3), "bn.running_var": torch.rand(4),
              "bn.num_batches_tracked": torch.tensor(7), "half": torch.randn(5).to(torch.bfloat16)}
     zipped, legacy = tmp_path / "g.pth", tmp_path / "gl.pth"
@@ -488,11 +487,12 @@ def _genuine(tmp_path):
     return zipped, legacy
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("fmt", ["zip", "legacy"])
-def test_random_damage_never_escapes_as_another_error(tmp_path, fmt):
+def test_random_damage_never_escapes_as_another_error(tmp_path, fmt, torch):
     """Byte flips, truncations and splices of a genuine file: each load returns arrays or
     raises one ValueError naming the file (no KeyError, struct.error, MemoryError, ...)."""
-    source = _genuine(tmp_path)[fmt == "legacy"].read_bytes()
+    source = _genuine(tmp_path, torch)[fmt == "legacy"].read_bytes()
     rng = random.Random(fmt)
     path = tmp_path / "fuzz.pth"
     for _ in range(300):
@@ -541,9 +541,9 @@ def _resnet152_like_state(torch):
     return state
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("fmt", ["zip", "legacy"])
-def test_resnet152_training_checkpoint_with_optimizer_state_loads(tmp_path, fmt):
-    torch = pytest.importorskip("torch")
+def test_resnet152_training_checkpoint_with_optimizer_state_loads(tmp_path, fmt, torch):
     state = _resnet152_like_state(torch)
     params = [v for k, v in state.items() if "running" not in k and "num_batches" not in k]
     optimizer = {"state": {i: {"step": torch.tensor(3.0), "exp_avg": torch.zeros_like(p),
@@ -563,9 +563,9 @@ def test_resnet152_training_checkpoint_with_optimizer_state_loads(tmp_path, fmt)
     np.testing.assert_array_equal(loaded["fc.weight"], state["fc.weight"].numpy())
 
 
-def test_bfloat16_tied_weights_above_the_floor_load(tmp_path):
+@pytest.mark.torch
+def test_bfloat16_tied_weights_above_the_floor_load(tmp_path, torch):
     """bfloat16 widening (2x) of a storage viewed twice (tied weights): 4x, the limit."""
-    torch = pytest.importorskip("torch")
     embedding = torch.randn(2064, 4096).to(torch.bfloat16)  # just over 16 MiB of bfloat16
     state = {"embed.weight": embedding, "head.weight": embedding}
     path = tmp_path / "tied.pth"
