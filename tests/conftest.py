@@ -1,5 +1,6 @@
 """Shared test setup: quiet TensorFlow logs, keep every test offline and its caches private,
-and run PyTorch's live checks only where PyTorch is installed (reported as skipped elsewhere)."""
+and run the tests of optional dependencies (PyTorch, JAX, tf-keras) only where they are
+installed (reported as skipped elsewhere; `--require-optional` fails them instead)."""
 
 import importlib.util
 import os
@@ -8,67 +9,94 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import pytest  # noqa: E402
 
-TORCH_MARK = "torch"
-TORCH_SKIP_REASON = ("needs PyTorch, which is not installed (pip install -e '.[test,torch]'); "
-                     "the conversion is checked against the stored PyTorch references instead")
+# Optional test dependencies: marker -> (module, how to install it, what covers it otherwise).
+# Tests with the marker are SKIPPED and reported when the module is missing, never counted as
+# passed; `--require-optional` (CI) turns those skips into failures.
+OPTIONAL = {
+    "torch": ("torch", "pip install -e '.[test,torch]'",
+              "the conversion is checked against the stored PyTorch references instead"),
+    "jax": ("jax", "pip install -e '.[test,jax]'",
+            "the other backends are checked by the torch-marked test"),
+    "tf_keras": ("tf_keras", "pip install --no-deps tf-keras (Keras 2 writes the reference "
+                 "legacy files)", "the legacy format is read from files our writer makes"),
+}
+TORCH_SKIP_REASON = "needs torch, which is not installed"  # the start of the torch reason
 
 
-def torch_installed():
-    """Whether `import torch` can work, without importing it (seconds, hundreds of MB)."""
+def installed(module):
+    """Whether `import module` can work, without importing it (seconds, hundreds of MB)."""
     try:
-        return importlib.util.find_spec("torch") is not None
+        return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):  # blocked (tests/support/block_torch.py) or a stub
         return False
 
 
+def torch_installed():
+    return installed("torch")
+
+
+def _reason(marker):
+    module, how, instead = OPTIONAL[marker]
+    return f"needs {module}, which is not installed ({how}); {instead}"
+
+
 def pytest_addoption(parser):
-    parser.addoption("--require-torch", action="store_true",
-                     help="fail the tests marked `torch` instead of skipping them when PyTorch "
-                          "is not installed (CI installs it)")
+    parser.addoption("--require-optional", action="store_true",
+                     help="fail the tests marked torch / jax / tf_keras instead of skipping "
+                          "them when their module is missing (CI installs them all)")
 
 
 def pytest_report_header(config):
-    if torch_installed():
-        return "torch: installed; the tests marked `torch` compare with PyTorch live"
-    return f"torch: NOT installed; the tests marked `torch` will be SKIPPED ({TORCH_SKIP_REASON})"
+    return [f"{marker}: {'installed' if installed(module) else 'NOT installed: the tests marked'}"
+            f"{'' if installed(module) else f' `{marker}` will be SKIPPED'}"
+            for marker, (module, _, _) in OPTIONAL.items()]
 
 
 def pytest_collection_modifyitems(config, items):
-    if torch_installed():
-        return
-    if config.getoption("--require-torch"):
-        mark = pytest.mark.usefixtures("_fail_without_torch")
-    else:
-        mark = pytest.mark.skip(reason=TORCH_SKIP_REASON)
-    for item in items:
-        if item.get_closest_marker(TORCH_MARK):
-            item.add_marker(mark)
+    missing = [marker for marker, (module, _, _) in OPTIONAL.items() if not installed(module)]
+    for marker in missing:
+        if config.getoption("--require-optional"):
+            mark = pytest.mark.usefixtures(f"_fail_without_{marker}")
+        else:
+            mark = pytest.mark.skip(reason=_reason(marker))
+        for item in items:
+            if item.get_closest_marker(marker):
+                item.add_marker(mark)
 
 
-@pytest.fixture
-def _fail_without_torch():
-    pytest.fail("--require-torch was given but PyTorch is not installed", pytrace=False)
+def _failing(marker):
+    @pytest.fixture
+    def fixture():
+        pytest.fail(f"--require-optional was given but {OPTIONAL[marker][0]} is not installed",
+                    pytrace=False)
+    return fixture
+
+
+_fail_without_torch = _failing("torch")
+_fail_without_jax = _failing("jax")
+_fail_without_tf_keras = _failing("tf_keras")
 
 
 @pytest.fixture
 def torch(request):
     """The `torch` module, for tests marked `torch` (others may not ask for it)."""
-    if request.node.get_closest_marker(TORCH_MARK) is None:
+    if request.node.get_closest_marker("torch") is None:
         pytest.fail(f"{request.node.nodeid} uses PyTorch: mark it @pytest.mark.torch",
                     pytrace=False)
-    if not torch_installed():  # reached only with --require-torch (else skipped before)
+    if not installed("torch"):  # reached only with --require-optional (else skipped before)
         request.getfixturevalue("_fail_without_torch")
     import torch
-
     return torch
 
 
 def pytest_terminal_summary(terminalreporter):
-    skipped = [report for report in terminalreporter.stats.get("skipped", [])
-               if TORCH_SKIP_REASON in str(getattr(report, "longrepr", ""))]
-    if skipped:
-        terminalreporter.write_sep("=", f"{len(skipped)} tests marked `torch` were SKIPPED: "
-                                        "PyTorch is not installed", yellow=True)
+    skipped = [str(getattr(report, "longrepr", ""))
+               for report in terminalreporter.stats.get("skipped", [])]
+    for marker, (module, _, _) in OPTIONAL.items():
+        count = sum(f"needs {module}, which is not installed" in text for text in skipped)
+        if count:
+            terminalreporter.write_sep("=", f"{count} tests marked `{marker}` were SKIPPED: "
+                                            f"{module} is not installed", yellow=True)
 
 
 @pytest.fixture(autouse=True)

@@ -74,6 +74,7 @@ JAX_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.jax
 def test_builders_match_across_tf_and_jax(tmp_path):
     rng = np.random.default_rng(0)
     for name, shape in CASES.items():
@@ -160,6 +161,7 @@ def test_torch_backend_matches_tensorflow(tmp_path):
     _check_errors(texts["errors"], "torch")
 
 
+@pytest.mark.jax
 def test_jax_without_tensorflow_loads_trains_and_says_what_needs_tensorflow(tmp_path):
     """As on the JAX GPU machines: `import tensorflow` fails, everything but the TensorFlow
     programs works and matches TensorFlow's numbers; those raise one clear error."""

@@ -53,6 +53,7 @@ def _run(*args, timeout=600):
                           capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.jax
 def test_smoke_run_on_jax_writes_its_json(tmp_path):
     before = RESULTS.stat().st_mtime_ns if RESULTS.exists() else None
     out = tmp_path / "smoke.json"
@@ -82,6 +83,7 @@ def test_smoke_run_on_jax_writes_its_json(tmp_path):
     assert (RESULTS.stat().st_mtime_ns if RESULTS.exists() else None) == before
 
 
+@pytest.mark.jax
 def test_a_real_run_needs_a_gpu_and_writes_nothing():
     before = RESULTS.stat().st_mtime_ns if RESULTS.exists() else None
     result = _run("--models", "resnet18", timeout=300)

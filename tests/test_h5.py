@@ -106,6 +106,7 @@ def layer_names(f) -> list[str]:
 # ---------------------------------------------------------------- loading real tf-keras files
 
 
+@pytest.mark.tf_keras
 @pytest.mark.parametrize("case", list(CASES))
 def test_load_matches_tfkeras(refs, case):
     ref = refs(case)
@@ -115,6 +116,7 @@ def test_load_matches_tfkeras(refs, case):
     assert_outputs_match(model, ref)
 
 
+@pytest.mark.tf_keras
 def test_read_weight_file_follows_weight_names(refs):
     ref = refs("resnet50v2_notop")
     plan = wh5.read_weight_file(ref.path)
@@ -131,6 +133,7 @@ def test_read_weight_file_follows_weight_names(refs):
     assert bn == ["gamma:0", "beta:0", "moving_mean:0", "moving_variance:0"]
 
 
+@pytest.mark.tf_keras
 def test_keras_vggres_builders_load(refs):
     for case in ("resnet50_top", "resnet50v2_notop", "vgg16_notop"):
         ref = refs(case)
@@ -143,6 +146,7 @@ def test_keras_vggres_builders_load(refs):
         assert_weights_equal_file(from_path, ref.path)
 
 
+@pytest.mark.tf_keras
 @pytest.mark.parametrize("order", ["reversed", "shuffled"])
 def test_layer_order_in_file_does_not_matter(refs, tmp_path, order):
     ref = refs("resnet50_top")
@@ -179,6 +183,7 @@ def keras1_copy(ref: Reference, path) -> str:
     return str(path)
 
 
+@pytest.mark.tf_keras
 @pytest.mark.parametrize("case", ["vgg16_notop", "resnet50v2_notop"])
 def test_keras1_flat_weight_names(refs, tmp_path, case):
     ref = refs(case)
@@ -193,6 +198,7 @@ def test_keras1_flat_weight_names(refs, tmp_path, case):
     assert_outputs_match(model, ref)
 
 
+@pytest.mark.tf_keras
 def test_split_attrs_vlen_strings_and_full_model_file(refs, tmp_path):
     ref = refs("vgg16_notop")
 
@@ -217,6 +223,7 @@ def test_split_attrs_vlen_strings_and_full_model_file(refs, tmp_path):
         assert_outputs_match(model, ref)
 
 
+@pytest.mark.tf_keras
 def test_chunked_compressed_datasets(refs, tmp_path):
     ref = refs("vgg16_notop")
     path = tmp_path / "gzip.h5"
@@ -348,6 +355,7 @@ def test_missing_file(vgg_notop, tmp_path):
     assert_unchanged(model, before)
 
 
+@pytest.mark.tf_keras
 def test_notop_file_into_top_model_and_wrong_architecture(refs):
     top = build(refs("vgg16_top"))
     before = snapshot(top)
@@ -377,6 +385,7 @@ def test_native_files_passed_to_legacy_reader_get_a_pointer(vgg_notop, tmp_path)
 # ---------------------------------------------------------------- skip_mismatch, plans, nesting
 
 
+@pytest.mark.tf_keras
 def test_skip_mismatch_loads_body_and_keeps_head(refs):
     ref = refs("resnet50_top")
     model = build(ref, classes=10)
@@ -417,6 +426,7 @@ def test_assign_plan_casts_dtype_and_checks_everything_first():
     assert_unchanged(model, before)
 
 
+@pytest.mark.tf_keras
 def test_nested_submodel(refs, tmp_path):
     """A backbone inside a bigger model: its layers by their own names, or as one group."""
     ref = refs("vgg16_notop")
@@ -450,6 +460,7 @@ def test_native_round_trip(vgg_notop, tmp_path):
         assert all(np.array_equal(a, b) for a, b in zip(snapshot(fresh), before))
 
 
+@pytest.mark.tf_keras
 def test_save_weights_h5_layout_and_tfkeras_reads_it(refs, tmp_path):
     ref = refs("resnet50v2_notop")
     model = build(ref)
