@@ -179,8 +179,8 @@ def load_images(paths, size=None, resize=None, interpolation=None, *, weights=No
     linearly from 0-65535 to 0-255 without rounding.
 
     With ``model=`` (a model built by keras_vggres, or a model name with ``weights=``) the
-    transform is the weights' own eval transform (e.g. 232 -> 224, bicubic for torchvision's
-    V2 ResNet50 weights), scaled to the model's input size if it differs from the crop.
+    transform is the weights' own eval transform (e.g. 232 -> 224 for torchvision's V2
+    ResNet50 weights, 256 -> 224 for most others), scaled to the model's input size if it differs from the crop.
     Explicit ``size``, ``resize`` and ``interpolation`` still win.
 
     Args:

@@ -9,18 +9,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import pytest  # noqa: E402
 
-# Optional test dependencies: marker -> (module, how to install it, what covers it otherwise).
+# Optional test dependencies: marker -> (module, its name, how to install it, what covers it
+# otherwise).
 # Tests with the marker are SKIPPED and reported when the module is missing, never counted as
 # passed; `--require-optional` (CI) turns those skips into failures.
 OPTIONAL = {
-    "torch": ("torch", "pip install -e '.[test,torch]'",
+    "torch": ("torch", "PyTorch", "pip install -e '.[test,torch]'",
               "the conversion is checked against the stored PyTorch references instead"),
-    "jax": ("jax", "pip install -e '.[test,jax]'",
+    "jax": ("jax", "JAX", "pip install -e '.[test,jax]'",
             "the other backends are checked by the torch-marked test"),
-    "tf_keras": ("tf_keras", "pip install --no-deps tf-keras (Keras 2 writes the reference "
-                 "legacy files)", "the legacy format is read from files our writer makes"),
+    "tf_keras": ("tf_keras", "tf-keras", "pip install --no-deps tf-keras (Keras 2 writes the "
+                 "reference legacy files)", "the legacy format is read from files we write"),
 }
-TORCH_SKIP_REASON = "needs torch, which is not installed"  # the start of the torch reason
 
 
 def installed(module):
@@ -36,8 +36,8 @@ def torch_installed():
 
 
 def _reason(marker):
-    module, how, instead = OPTIONAL[marker]
-    return f"needs {module}, which is not installed ({how}); {instead}"
+    _, name, how, instead = OPTIONAL[marker]
+    return f"needs {name}, which is not installed ({how}); {instead}"
 
 
 def pytest_addoption(parser):
@@ -49,11 +49,11 @@ def pytest_addoption(parser):
 def pytest_report_header(config):
     return [f"{marker}: {'installed' if installed(module) else 'NOT installed: the tests marked'}"
             f"{'' if installed(module) else f' `{marker}` will be SKIPPED'}"
-            for marker, (module, _, _) in OPTIONAL.items()]
+            for marker, (module, *_) in OPTIONAL.items()]
 
 
 def pytest_collection_modifyitems(config, items):
-    missing = [marker for marker, (module, _, _) in OPTIONAL.items() if not installed(module)]
+    missing = [marker for marker, (module, *_) in OPTIONAL.items() if not installed(module)]
     for marker in missing:
         if config.getoption("--require-optional"):
             mark = pytest.mark.usefixtures(f"_fail_without_{marker}")
@@ -92,11 +92,11 @@ def torch(request):
 def pytest_terminal_summary(terminalreporter):
     skipped = [str(getattr(report, "longrepr", ""))
                for report in terminalreporter.stats.get("skipped", [])]
-    for marker, (module, _, _) in OPTIONAL.items():
-        count = sum(f"needs {module}, which is not installed" in text for text in skipped)
+    for marker, (_, name, *_) in OPTIONAL.items():
+        count = sum(f"needs {name}, which is not installed" in text for text in skipped)
         if count:
             terminalreporter.write_sep("=", f"{count} tests marked `{marker}` were SKIPPED: "
-                                            f"{module} is not installed", yellow=True)
+                                            f"{name} is not installed", yellow=True)
 
 
 @pytest.fixture(autouse=True)

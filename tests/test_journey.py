@@ -239,6 +239,24 @@ def test_the_tags_transform_is_used_by_load_images_embed_and_extract(custom_tag)
     assert keras_vggres.get_preprocessing(outside).mode == "torch"
 
 
+def test_model_names_with_tags_reach_the_same_records(custom_tag):
+    """The name + tag forms of the image side give what a model built with that tag gives."""
+    images = _sample_images()[:2]
+    m = keras_vggres.ResNet18(weights=custom_tag, include_top=False)
+    by_name = keras_vggres.get_preprocessing("ResNet18", weights=custom_tag)
+    assert by_name.mode == keras_vggres.get_preprocessing(m).mode == "torch"
+    np.testing.assert_array_equal(
+        keras_vggres.load_images(images, model="resnet18", weights=custom_tag),
+        keras_vggres.load_images(images, model=m))
+    from keras_vggres.imagenet import eval_transform
+
+    assert eval_transform(custom_tag, model="resnet18") == keras_vggres.weights_info(m).transform
+    assert keras_vggres.get_preprocessing("resnet50", weights="tv2").mode == "torch"
+    assert keras_vggres.get_preprocessing("resnet50").mode == "caffe"
+    with pytest.raises(ValueError, match=r"`model` must be one of .*'resnet5'"):
+        keras_vggres.get_preprocessing("resnet5")
+
+
 def test_saved_model_keeps_its_weights_record(tmp_path):
     model = keras_vggres.ResNet50(weights=None, include_top=False, input_shape=(SIZE, SIZE, 3),
                                   variant="v1.5", include_preprocessing=True)

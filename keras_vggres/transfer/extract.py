@@ -79,7 +79,7 @@ def extract_features(source, *, model="resnet50", weights=None, image_size=224, 
             or notebook), 0, 1 or 2.
 
     Images are loaded with the weights' own eval transform (e.g. 256 -> 224, or 232 -> 224
-    bicubic for torchvision's V2 ResNet50), scaled to `image_size`.
+    for torchvision's V2 ResNet50), scaled to `image_size`.
 
     Returns:
         `(features, paths, labels, class_names)`: float32 (N, D), list of str, list of int

@@ -229,7 +229,7 @@ def preprocess_mode_for(model, weights=IMAGENET):
         return info.preprocess, False
     from keras_vggres.weights import manifest
 
-    return manifest.get_weights(_model_name(model), weights).preprocess
+    return manifest.get_weights(_model_name(model), weights).preprocess, False
 
 
 def _model_name(name):
@@ -237,7 +237,7 @@ def _model_name(name):
     from keras_vggres._checks import check_choice
     from keras_vggres.models.specs import MODEL_FAMILIES
 
-    return check_choice("model", str(name).lower(), tuple(MODEL_FAMILIES)), False
+    return check_choice("model", str(name).lower(), tuple(MODEL_FAMILIES))
 
 
 def get_preprocessing(model, weights=IMAGENET):
