@@ -13,17 +13,16 @@ the compiled predict function batch by batch, without building Keras' per-call i
 
 from __future__ import annotations
 
-import math
 
 import keras
 import numpy as np
 
 from keras_vggres._checks import JIT_CHOICES
+from keras_vggres._keras_objects import InferenceModel  # noqa: F401 (re-exported)
 from keras_vggres.models import _common
 from keras_vggres.weights.info import attach, weights_info
 
 _FOLDABLE_ACTIVATIONS = ("linear", None)
-DEFAULT_BATCH_SIZE = 32  # keras.Model.predict's
 
 
 def optimize_for_inference(model, jit_compile="auto"):
@@ -62,52 +61,6 @@ def optimize_for_inference(model, jit_compile="auto"):
     if jit_compile != "auto":
         optimized.jit_compile = jit_compile
     return attach(optimized, weights_info(model))
-
-
-@keras.saving.register_keras_serializable(package="keras_vggres")
-class InferenceModel(keras.Model):
-    """A Functional model whose `predict` skips Keras' per-call input pipeline for arrays.
-
-    `predict(x)` with NumPy arrays or tensors (or a list/dict of them) slices `x` into batches
-    and runs each through the same compiled predict function `predict_on_batch` uses, with
-    the usual callbacks and progress bar. Anything else (a `tf.data.Dataset`, a generator,
-    `steps=`) goes to `keras.Model.predict` unchanged. Results are identical either way.
-    """
-
-    def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
-        size = _array_batch_size(x)
-        if steps is not None or size is None:
-            return super().predict(x, batch_size=batch_size, verbose=verbose, steps=steps,
-                                   callbacks=callbacks)
-        batch_size = batch_size or DEFAULT_BATCH_SIZE
-        batches = math.ceil(size / batch_size)
-        callbacks = keras.callbacks.CallbackList(callbacks, add_progbar=verbose != 0,
-                                                 verbose=verbose, epochs=1, steps=batches,
-                                                 model=self)
-        callbacks.on_predict_begin()
-        outputs = []
-        for index in range(batches):
-            callbacks.on_predict_batch_begin(index)
-            start = index * batch_size
-            batch = keras.tree.map_structure(lambda a: a[start:start + batch_size], x)
-            outputs.append(self.predict_on_batch(batch))
-            callbacks.on_predict_batch_end(index, {"outputs": outputs[-1]})
-        callbacks.on_predict_end()
-        return keras.tree.map_structure(lambda *parts: np.concatenate(parts), *outputs)
-
-
-def _array_batch_size(x):
-    """The common first dimension of `x`'s arrays/tensors, or None if `x` is anything else."""
-    if not isinstance(x, (np.ndarray, list, tuple, dict)) and not keras.ops.is_tensor(x):
-        return None
-    leaves = keras.tree.flatten(x)
-    if not leaves or not all(isinstance(a, np.ndarray) or keras.ops.is_tensor(a)
-                             for a in leaves):
-        return None
-    sizes = {a.shape[0] if len(a.shape) else None for a in leaves}
-    if len(sizes) != 1 or None in sizes or 0 in sizes:
-        return None
-    return sizes.pop()
 
 
 # ------------------------------------------------------------------------- graph analysis

@@ -14,9 +14,9 @@ import numpy as np
 from keras import ops
 
 from keras_vggres._checks import check_choice
+from keras_vggres._keras_objects import DATA_FORMATS, ImageNetPreprocessing  # noqa: F401
 from keras_vggres.transforms import PREPROCESS_MODES
 
-DATA_FORMATS = (None, "channels_first", "channels_last")
 LAYER_NAME = "preprocessing"
 
 
@@ -191,37 +191,3 @@ def mode_of_layer(layer):
                                                                       rtol=1e-6):
             return name
     return None
-
-
-@keras.saving.register_keras_serializable(package="keras_vggres")
-class ImageNetPreprocessing(keras.layers.Layer):
-    """Applies an ImageNet preprocessing mode inside a model (input: RGB, values 0-255).
-
-    Equivalent to ``preprocess_input(x, data_format, mode)``; the output has the layer's
-    compute dtype (float32 unless a mixed-precision policy is set). Uses only ``keras.ops``.
-    The builders now use `add_preprocessing` (standard layers only); this class stays so that
-    files saved with it keep loading (``import keras_vggres`` registers it).
-
-    Args:
-        mode: one of ``"caffe"``, ``"tf"``, ``"torch"``.
-        data_format: ``"channels_last"``, ``"channels_first"`` or ``None`` (Keras default).
-    """
-
-    def __init__(self, mode="caffe", data_format=None, **kwargs):
-        super().__init__(**kwargs)
-        check_choice("mode", mode, tuple(PREPROCESS_MODES))
-        self.mode = mode
-        self.data_format = resolve_data_format(data_format)
-
-    def call(self, inputs):
-        return _apply_ops(
-            inputs, PREPROCESS_MODES[self.mode], self.data_format, dtype=self.compute_dtype
-        )
-
-    def compute_output_shape(self, input_shape):
-        return tuple(input_shape)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({"mode": self.mode, "data_format": self.data_format})
-        return config

@@ -143,6 +143,23 @@ def test_import_alone_registers_our_objects_without_importing_keras(tmp_path):
     assert rel_diff(np.load(tmp_path / "y.npy"), model.predict(x, verbose=0)) <= 1e-6
 
 
+@pytest.mark.parametrize("first_import", [
+    "import keras_vggres", "from keras_vggres.resnet50 import ResNet50, preprocess_input",
+    "from keras_vggres import optimize_for_inference", "import keras; import keras_vggres"])
+def test_every_way_in_registers_every_object(first_import):
+    """Keras may first be imported by one of our own modules: registration must still work."""
+    out = _run(textwrap.dedent(f"""
+        import warnings
+        warnings.simplefilter("error")
+        {first_import}
+        import keras
+        names = ["keras_vggres>InferenceModel", "keras_vggres>WarmupCosine",
+                 "keras_vggres>ImageNetPreprocessing"]
+        print([keras.saving.get_registered_object(n) is not None for n in names])
+    """))
+    assert out.strip().splitlines()[-1] == "[True, True, True]"
+
+
 # ----------------------------------------------------------------------------- weights everywhere
 @pytest.fixture(scope="module")
 def weights_file(tmp_path_factory):
