@@ -257,6 +257,14 @@ def _fit(ctx, fit_model, train, val, *, phase, epochs, epoch_offset, earlier_pha
     fit_model._initial_epoch = None  # set by the backup callback; must not leak into a later fit
 
 
+def _restore_best(ctx):
+    """Load the best epoch so far (`best.keras`, kept across attempts) into the classifier:
+    what Keras' `restore_best_weights` does, but correct after a resume too."""
+    path = ctx.run.file("best.keras")
+    if os.path.exists(path):
+        ctx.model.set_weights(keras.models.load_model(path, compile=False).get_weights())
+
+
 def _head_phase(ctx):
     """Phase 1: backbone frozen; head trained on cached embeddings unless augmenting."""
     run, s, phase = ctx.run, ctx.settings, "head"
@@ -274,6 +282,7 @@ def _head_phase(ctx):
         distribute.fix_multiworker_fit(fit_model)
     _fit(ctx, fit_model, train, val, phase=phase, epochs=s["epochs_head"], epoch_offset=0,
          earlier_phases=[])
+    _restore_best(ctx)  # the fine-tuning phase starts from the best head
     run.add_seconds(phase, time.perf_counter() - start)
     run.finish_phase(phase, ctx.model, epochs=phase_epochs(run, phase),
                      embeddings=fit_model is not ctx.model)

@@ -117,11 +117,13 @@ class RunState:
         self.save()
 
     def finish_phase(self, name, model, **info):
-        """Save `model`'s weights as this phase's result, then mark the phase done."""
+        """Save `model`'s weights as this phase's result, mark the phase done, then drop its
+        backup (a kill before the mark leaves the backup, and the phase resumes from it)."""
         weights = self.file(f"{name}.weights.h5")
         save_atomically(model, weights)
         self.phase(name).update(done=True, weights=os.path.basename(weights), **info)
         self.save()
+        shutil.rmtree(self.file("backup", name), ignore_errors=True)
 
     def mark_complete(self, **info):
         self.state.update(complete=True, **info)

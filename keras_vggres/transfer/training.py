@@ -53,11 +53,12 @@ def phase_callbacks(run, model, settings, *, phase, epoch_offset, earlier_phases
                                           epoch_offset=epoch_offset),
                  BestModelCheckpoint(model, run.file("best.keras"), monitor=monitor,
                                      initial_best=initial),
-                 AtomicBackupAndRestore(run.file("backup", phase))]
+                 # kept when fit ends: removed by RunState.finish_phase once the phase is done
+                 AtomicBackupAndRestore(run.file("backup", phase), delete_checkpoint=False)]
     if settings["early_stopping_patience"] is not None:
         callbacks.append(ResumableEarlyStopping(
             metrics, phase=phase, epoch_offset=epoch_offset, monitor=monitor, mode="max",
-            restore_best_weights=True, patience=settings["early_stopping_patience"],
+            patience=settings["early_stopping_patience"],
             verbose=min(verbose, 1)))
     return callbacks + list(user_callbacks)
 

@@ -83,11 +83,16 @@ def test_sigkill_at_every_write_point_then_the_same_command_finishes(toy, tmp_pa
                                                                       nth, when):
     out = tmp_path / "run"
     _kill(toy, out, pattern, nth, when)
+    logged_before = {r["epoch"] for r in report.read_metrics(out / "metrics.csv")}
     result = finetune(toy.root, out_dir=out, **SETTINGS)
     assert result.epochs == {"head": 2, "finetune": 1}
     rows = report.read_metrics(result.metrics_path)
     assert [r["epoch"] for r in rows] == list(range(1, EPOCHS + 1))  # each epoch once
     assert [r["phase"] for r in rows] == ["head", "head", "finetune"]
+    # Epochs finished before the kill are not trained again (their rows keep run 1), except
+    # at most the one whose backup the kill interrupted.
+    retrained = [r["epoch"] for r in rows if r["epoch"] in logged_before and r["run"] != 1]
+    assert len(retrained) <= 1 and all(e == max(logged_before) for e in retrained), rows
     assert _leftovers(out) == []
     assert os.path.isfile(result.model_path) and json.load(open(result.run_path))["class_names"]
 
