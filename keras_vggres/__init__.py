@@ -26,5 +26,6 @@ _EXPORTS = {
     "keras_vggres.profiling": ("profile",),
     "keras_vggres.exporting": ("export",),
 }
-__all__, __getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
+_SUBMODULES = ("transfer", "viz", "weights", "models", "distribute")
+__all__, __getattr__, __dir__ = lazy_exports(globals(), _EXPORTS, _SUBMODULES)
 _register.install()

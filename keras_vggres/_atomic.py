@@ -33,9 +33,10 @@ def replacing(path, *, suffix="", fsync=False):
     Works for files and folders (a SavedModel): an existing folder at `path` is replaced.
     `suffix` is kept at the end of the temporary name for writers that choose the format from
     it (Keras: `.keras`, `.weights.h5`; NumPy: `.npz`). With `fsync=True` the file's bytes
-    and the rename are flushed to disk before returning.
+    and the rename are flushed to disk before returning. A missing parent folder is created.
     """
     path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = temp_sibling(path, suffix)
     try:
         yield tmp
@@ -59,9 +60,7 @@ def write_bytes(path, data, *, fsync=False):
 
 
 def write_text(path, text, *, fsync=False):
-    """Write `text` (UTF-8) to `path` atomically, creating its folder; returns `path`."""
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    """Write `text` (UTF-8) to `path` atomically; returns `path`."""
     return write_bytes(path, text.encode("utf-8"), fsync=fsync)
 
 
@@ -91,16 +90,19 @@ def is_leftover(name):
     return bool(_LEFTOVER.search(os.path.basename(os.fspath(name))))
 
 
-def remove_leftovers(folder, *, recursive=True):
+def remove_leftovers(folder, *, recursive=True, skip=()):
     """Delete temporaries of killed writers under `folder`; returns the paths removed.
 
     Only for folders owned by one writer at a time (a run folder under its lock): a live
-    writer's temporary looks the same as a dead one's.
+    writer's temporary looks the same as a dead one's. Sub-folders named in `skip` (at the top
+    level) belong to other writers and are left alone.
     """
     removed = []
     if not os.path.isdir(folder):
         return removed
     for dirpath, dirnames, filenames in os.walk(folder):
+        if dirpath == os.fspath(folder):
+            dirnames[:] = [d for d in dirnames if d not in skip]
         for name in list(dirnames) + filenames:
             if is_leftover(name):
                 full = os.path.join(dirpath, name)

@@ -71,3 +71,12 @@ def test_reload_anywhere_snippet_runs_as_written(local_weights, tmp_path):
     code = "import keras_vggres\n" + _block("model = keras_vggres.ResNet50(weights=\"tv2\"")
     _run(f"import os\nos.chdir({str(tmp_path)!r})\n" + code, local_weights, tmp_path)
     assert (tmp_path / "backbone.keras").is_file()
+
+
+def test_every_python_block_is_valid_and_the_readme_is_finished():
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    assert "@@" not in text  # no placeholder left for a figure
+    blocks = _python_blocks()
+    assert len(blocks) >= 8
+    for block in blocks:
+        compile(block, "README.md", "exec")

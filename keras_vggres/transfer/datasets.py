@@ -132,7 +132,9 @@ def from_folder(data_dir, image_size=224, batch_size=32, validation_split=None, 
             "random_resized_crop", or a callable applied to each training batch (0-255).
         cache: None / False (default: stream from disk every epoch, memory independent of the
             dataset size), "memory" (or True: decoded images kept in RAM after the first
-            epoch), "disk" (a private temporary folder), or a file path prefix.
+            epoch), "disk" (a private temporary folder, removed at exit), or a file path prefix
+            in an existing folder (tf.data reuses a complete cache found there: give each
+            dataset its own prefix).
         shuffle: reshuffle the training set every epoch.
         transform: a `keras_vggres.transforms.Transform` to decode with (default: shorter side
             resized to the crop size, as before; `finetune` passes the weights' own ratio).
@@ -178,10 +180,15 @@ def from_scan(report, *, image_size=224, batch_size=32, validation_split=None, s
 
 
 def _check_cache(cache):
-    """None/False, True/"memory", "disk", or a path prefix (any other string or PathLike)."""
-    if not (isinstance(cache, (str, os.PathLike)) or cache is None or isinstance(cache, bool)):
-        raise ValueError(f"`cache` must be one of {CACHE_CHOICES} or a file path prefix; "
-                         f"received cache={cache!r}.")
+    """None/False, True/"memory", "disk", or a path prefix in an existing folder (a path with
+    a folder part, or an os.PathLike), so that a typo ("Memory") is not taken for a prefix."""
+    if cache is None or isinstance(cache, bool) or cache in ("memory", "disk"):
+        return
+    path = os.fspath(cache) if isinstance(cache, (str, os.PathLike)) else None
+    folder = os.path.dirname(path) if path else ""
+    if not folder or not os.path.isdir(folder):
+        raise ValueError(f"`cache` must be one of {CACHE_CHOICES} or a file path prefix in an "
+                         f"existing folder (e.g. 'cache/flowers'); received cache={cache!r}.")
 
 
 def _split_cache(cache, split):
@@ -191,8 +198,18 @@ def _split_cache(cache, split):
     if cache in (True, "memory"):
         return "memory"
     if cache == "disk":
-        return os.path.join(tempfile.mkdtemp(prefix="keras_vggres_cache_"), split)
+        return os.path.join(_private_cache_folder(), split)
     return f"{os.fspath(cache)}-{split}"
+
+
+def _private_cache_folder():
+    """A private temporary folder for `cache="disk"`, removed when the process exits."""
+    import atexit
+    import shutil
+
+    folder = tempfile.mkdtemp(prefix="keras_vggres_cache_")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 def split_files(report, validation_split, seed):

@@ -24,13 +24,15 @@ from keras_vggres._atomic import remove_leftovers, write_text
 from keras_vggres.saving import export_saved_model, save_model
 from keras_vggres.transfer import report as reporting
 from keras_vggres.transfer.callbacks import best_so_far
+from keras_vggres.transfer.settings import weights_argument
+from keras_vggres.transfer.layout import (BACKUP_DIR, BEST_MODEL, CACHE_DIR, CONFUSION_PNG,
+                                          CURVES_PNG, EMBEDDINGS_DIR, HYGIENE_TXT, METRICS,
+                                          MODEL_FILE, PHASES, RUN_FILE, SAVED_MODEL, SUMMARY)
 
-PHASES = ("head", "finetune")
-RUN_FILE = "run.json"
-FILES = {"model_path": "model.keras", "saved_model_path": "saved_model",
-         "best_model_path": "best.keras", "metrics_path": "metrics.csv",
-         "summary_path": "summary.json", "confusion_png": "confusion_matrix.png",
-         "curves_png": "curves.png", "hygiene_path": "hygiene.txt", "run_path": RUN_FILE}
+FILES = {"model_path": MODEL_FILE, "saved_model_path": SAVED_MODEL,
+         "best_model_path": BEST_MODEL, "metrics_path": METRICS, "summary_path": SUMMARY,
+         "confusion_png": CONFUSION_PNG, "curves_png": CURVES_PNG, "hygiene_path": HYGIENE_TXT,
+         "run_path": RUN_FILE}
 
 
 @dataclass
@@ -83,29 +85,29 @@ def finish(run, data, model, settings, *, monitor, timings, info):
         the run's class names.
     """
     start = time.perf_counter()
-    if os.path.exists(run.file("best.keras")):  # weights only: its optimizer may be another's
-        model.set_weights(keras.models.load_model(run.file("best.keras"),
+    if os.path.exists(run.file(BEST_MODEL)):  # weights only: its optimizer may be another's
+        model.set_weights(keras.models.load_model(run.file(BEST_MODEL),
                                                   compile=False).get_weights())
     split = "val" if data.count("val") else "train"
     final = evaluate(model, data, split)
     test = evaluate(model, data, "test") if data.count("test") else None
     exported = keras.Model(model.inputs[0], model.outputs[0], name=model.name)  # uncompiled
     info = info.replace(class_names=tuple(data.class_names))
-    save_model(exported, run.file("model.keras"), info=info)
-    export_saved_model(exported, run.file("saved_model"), class_names=data.class_names)
+    save_model(exported, run.file(MODEL_FILE), info=info)
+    export_saved_model(exported, run.file(SAVED_MODEL), class_names=data.class_names)
     write_text(run.file(RUN_FILE), json.dumps(
         {"class_names": list(data.class_names), "image_size": settings["image_size"],
          "input": "raw RGB 0-255 (preprocessing inside the model)", "weights": info.as_dict(),
          "model_file": FILES["model_path"], "saved_model": FILES["saved_model_path"]},
         indent=2) + "\n", fsync=True)
-    rows = reporting.read_metrics(run.file("metrics.csv"))
+    rows = reporting.read_metrics(run.file(METRICS))
     reporting.save_confusion_png(np.asarray(final["confusion_matrix"]), data.class_names,
-                                 run.file("confusion_matrix.png"),
+                                 run.file(CONFUSION_PNG),
                                  title=f"Confusion matrix ({split})")
-    reporting.save_curves_png(rows, run.file("curves.png"))
+    reporting.save_curves_png(rows, run.file(CURVES_PNG))
     timings["finish"] = round(time.perf_counter() - start, 3)
     summary = _summary(run, data, settings, monitor, timings, final, test, rows)
-    reporting.write_json(run.file("summary.json"), summary)
+    reporting.write_json(run.file(SUMMARY), summary)
     run.mark_complete()
     tidy(run)
     return result(run, summary, history=_history(rows, run.attempt))
@@ -135,7 +137,7 @@ def result(run, summary, history):
 def _summary(run, data, settings, monitor, timings, final, test, rows):
     phases = {p: run.phase(p) for p in PHASES}
     return {
-        "model": settings["model"], "weights": settings["weights"],
+        "model": settings["model"], "weights": weights_argument(settings["weights"]),
         "image_size": settings["image_size"],
         "input": "raw RGB 0-255 (preprocessing inside the model)",
         "classes": list(data.class_names),
@@ -146,7 +148,7 @@ def _summary(run, data, settings, monitor, timings, final, test, rows):
         "epochs": {p: phases[p].get("epochs", 0) for p in PHASES},
         "head_on_embeddings": bool(phases["head"].get("embeddings", False)),
         "monitor": monitor,
-        "best_val_accuracy": best_so_far(run.file("metrics.csv"), monitor),
+        "best_val_accuracy": best_so_far(run.file(METRICS), monitor),
         "final": final,
         "test": test,
         "timings_s": {**{p: phases[p]["seconds"] for p in PHASES}, **timings},
@@ -174,12 +176,13 @@ def _history(rows, attempt):
 def tidy(run):
     """Drop what only a resume needs (per-phase weights, embeddings, backups) and any
     temporary a killed writer left."""
-    shutil.rmtree(run.file("embeddings"), ignore_errors=True)
+    shutil.rmtree(run.file(EMBEDDINGS_DIR), ignore_errors=True)
+    shutil.rmtree(run.file(CACHE_DIR), ignore_errors=True)
     for phase in PHASES:
         name = run.phase(phase).get("weights")
         if name and os.path.exists(run.file(name)):
             os.remove(run.file(name))
-    backup = run.file("backup")
+    backup = run.file(BACKUP_DIR)
     if os.path.isdir(backup) and not any(os.scandir(backup)):
         os.rmdir(backup)
     remove_leftovers(run.out_dir)

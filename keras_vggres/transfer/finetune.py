@@ -32,9 +32,11 @@ from keras_vggres.transfer.embeddings import (embed_splits,  # noqa: F401 (re-ex
 from keras_vggres.transfer.exports import FinetuneResult
 from keras_vggres.transfer.heads import build_classifier
 from keras_vggres.transfer.hygiene import scan_folder
+from keras_vggres.transfer.layout import (BEST_MODEL, CACHE_DIR, EMBEDDINGS_DIR, HYGIENE_JSON,
+                                          SUMMARY)
 from keras_vggres.transfer.runstate import RunState
 from keras_vggres.transfer.schedules import WarmupCosine
-from keras_vggres.transfer.settings import finetune_settings
+from keras_vggres.transfer.settings import finetune_settings, weights_argument
 from keras_vggres.transfer.stages import (freeze_backbone,  # noqa: F401 (re-exported)
                                           unfreeze_stages)
 from keras_vggres.transfer.training import compile_phase, phase_callbacks, phase_epochs
@@ -134,7 +136,7 @@ def finetune(data_dir, model="resnet50", weights="imagenet", image_size=224, bat
     with RunState(distribute.worker_dir(folder, strategy), settings, files=files,
                   restart=restart) as run:
         if run.complete:
-            summary = exports.reporting.read_json(run.file("summary.json"))
+            summary = exports.reporting.read_json(run.file(SUMMARY))
             return exports.result(run, summary, history={})
         ctx = _Context(run=run, settings=run.settings, strategy=strategy,
                        verbose=_fit_verbose(verbose), user_callbacks=list(callbacks or ()),
@@ -199,12 +201,12 @@ def _prepare(ctx):
     s = ctx.settings
     start = time.perf_counter()
     scan = scan_folder(s["data_dir"], verbose=1 if ctx.verbose == 1 else 0)
-    scan.save(ctx.run.file("hygiene.json"))
+    scan.save(ctx.run.file(HYGIENE_JSON))
     ctx.timings["scan"] = round(time.perf_counter() - start, 3)
     if ctx.verbose:
         print(scan)
     ctx.model = distribute.build_in_scope(ctx.strategy, build_classifier, s["model"],
-                                          s["weights"], s["image_size"],
+                                          weights_argument(s["weights"]), s["image_size"],
                                           len(scan.class_names), s["dropout"])
     size = (s["image_size"], s["image_size"])
     backbone_info = weights_info(find_backbone(ctx.model)[0])
@@ -213,7 +215,7 @@ def _prepare(ctx):
              else s["validation_split"])
     ctx.data = from_scan(scan, image_size=size, batch_size=s["global_batch_size"],
                          validation_split=split, seed=s["seed"], preprocessing="raw",
-                         augment=ctx.augment, cache=ctx.cache,
+                         augment=ctx.augment, cache=run_cache(ctx),
                          transform=ctx.info.transform)
     for name in ("train", "val", "test"):
         pipeline = getattr(ctx.data, name)
@@ -221,6 +223,15 @@ def _prepare(ctx):
             setattr(ctx.data, name, _labels_for_loss(
                 distribute.with_auto_shard(pipeline, "data"), s, len(scan.class_names)))
     ctx.monitor = "val_accuracy" if ctx.data.val is not None else "accuracy"
+
+
+def run_cache(ctx):
+    """`cache` for the pipelines: "disk" caches inside the run folder (removed at the end)."""
+    if ctx.cache == "disk":
+        folder = ctx.run.file(CACHE_DIR)
+        os.makedirs(folder, exist_ok=True)
+        return os.path.join(folder, "images")
+    return ctx.cache
 
 
 def _labels_for_loss(dataset, settings, num_classes):
@@ -260,7 +271,7 @@ def _fit(ctx, fit_model, train, val, *, phase, epochs, epoch_offset, earlier_pha
 def _restore_best(ctx):
     """Load the best epoch so far (`best.keras`, kept across attempts) into the classifier:
     what Keras' `restore_best_weights` does, but correct after a resume too."""
-    path = ctx.run.file("best.keras")
+    path = ctx.run.file(BEST_MODEL)
     if os.path.exists(path):
         ctx.model.set_weights(keras.models.load_model(path, compile=False).get_weights())
 
@@ -286,7 +297,7 @@ def _head_phase(ctx):
     run.add_seconds(phase, time.perf_counter() - start)
     run.finish_phase(phase, ctx.model, epochs=phase_epochs(run, phase),
                      embeddings=fit_model is not ctx.model)
-    shutil.rmtree(run.file("embeddings"), ignore_errors=True)
+    shutil.rmtree(run.file(EMBEDDINGS_DIR), ignore_errors=True)
 
 
 def _embedding_data(ctx):
@@ -304,7 +315,7 @@ def _embedding_data(ctx):
     batch = s["global_batch_size"]
     arrays = embed_splits(find_backbone(ctx.model)[0], ctx.data, ("train", "val"),
                           batch_size=EMBEDDING_BATCH_FACTOR * batch,
-                          cache_dir=ctx.run.file("embeddings"),
+                          cache_dir=ctx.run.file(EMBEDDINGS_DIR),
                           cache_key=s.get("data_fingerprint"))
     ctx.timings["embeddings"] = round(time.perf_counter() - start, 3)
     classes = len(ctx.data.class_names)

@@ -18,10 +18,18 @@ def folder_files(data_dir):
     """[[relative path, size, mtime_ns], ...] of every non-hidden file below `data_dir`, sorted.
 
     Paths that are not valid UTF-8 are kept escaped (surrogateescape), so they still compare.
+    Symlinked folders are followed (a symlinked class folder's files count).
     """
     root = os.path.abspath(os.fspath(data_dir))
-    entries = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    entries, seen = [], set()
+    # Symlinked folders are followed, as the scan follows symlinked class folders; each real
+    # folder is listed once, so a link loop ends.
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             if name.startswith("."):

@@ -16,10 +16,10 @@ import numpy as np
 
 from keras_vggres._checks import check_int
 from keras_vggres._progress import Progress
+from keras_vggres.transfer.hygiene import EXTENSION_FORMATS
+from keras_vggres.transfer.layout import MODEL_FILE, RUN_FILE
 
-RUN_FILE = "run.json"
-MODEL_FILE = "model.keras"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
+IMAGE_SUFFIXES = tuple(EXTENSION_FORMATS)
 
 
 @dataclass
@@ -105,8 +105,15 @@ def load_run(path):
 
 
 def _run_class_names(run_file):
-    with open(run_file, encoding="utf-8") as f:
-        return tuple(json.load(f)["class_names"])
+    try:
+        with open(run_file, encoding="utf-8") as f:
+            names = json.load(f)["class_names"]
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ValueError("class_names is not a list of strings")
+        return tuple(names)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{run_file!r} does not hold the run's class names ({err!r}); was it "
+                         "written by keras_vggres' finetune?") from None
 
 
 def image_paths(images):

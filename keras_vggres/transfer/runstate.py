@@ -20,16 +20,11 @@ from keras_vggres.transfer.callbacks import (BestModelCheckpoint,  # noqa: F401 
                                              ResumableEarlyStopping, best_so_far,
                                              save_atomically)
 
-STATE_FILE = "state.json"
-DATA_FILES = "data_files.json"
-LOCK_FILE = ".lock"
+from keras_vggres.transfer.layout import (BACKUP_DIR, DATA_FILES, LOCK_FILE, RUN_ENTRIES,
+                                          STATE_FILE, WORKERS_DIR, phase_weights)
+
 # Settings that may change between attempts of one run without invalidating it.
-VOLATILE_SETTINGS = ("verbose",)
-# What `restart=True` removes (everything a run writes; nothing else in the folder).
-RUN_ENTRIES = (STATE_FILE, DATA_FILES, "metrics.csv", "summary.json", "run.json",
-               "model.keras", "best.keras", "saved_model", "confusion_matrix.png", "curves.png",
-               "hygiene.json", "hygiene.txt", "head.weights.h5", "finetune.weights.h5",
-               "backup", "embeddings", "workers", "exports")
+VOLATILE_SETTINGS = ("verbose", "cache")
 
 
 class RunFolderBusyError(RuntimeError):
@@ -53,22 +48,29 @@ class RunState:
         self.path = os.path.join(self.out_dir, STATE_FILE)
         os.makedirs(self.out_dir, exist_ok=True)
         self._lock_fd = _lock(self.file(LOCK_FILE)) if lock else None
+        try:
+            self._open(settings, files, restart)
+        except BaseException:
+            self.close()  # a refused resume must not keep the folder locked (Jupyter keeps
+            raise         # the traceback, and with it this object, alive)
+        self.resumed = self.state["attempts"] > 0
+
+    def _open(self, settings, files, restart):
         if restart:
             clear(self.out_dir)
-        remove_leftovers(self.out_dir)
+        remove_leftovers(self.out_dir, skip=(WORKERS_DIR,))  # other workers' files are live
         settings = dict(settings)
         if files is not None:
             settings["data_fingerprint"] = fingerprint.digest(files)
-        if os.path.exists(self.path):
+        if os.path.exists(self.path) and _has_trained(_read_state(self.path)):
             self.state = _read_state(self.path)
             _check_same_settings(self.path, self.state["settings"], settings,
                                  self.file(DATA_FILES), files)
-        else:
+        else:  # a new run, or an earlier call that failed before training: start afresh
             self.state = {"settings": settings, "attempts": 0, "phases": {}, "complete": False}
             if files is not None:
                 write_text(self.file(DATA_FILES), json.dumps(files) + "\n", fsync=True)
             self.save()
-        self.resumed = self.state["attempts"] > 0
 
     # -- lifecycle
     def begin_attempt(self):
@@ -119,11 +121,11 @@ class RunState:
     def finish_phase(self, name, model, **info):
         """Save `model`'s weights as this phase's result, mark the phase done, then drop its
         backup (a kill before the mark leaves the backup, and the phase resumes from it)."""
-        weights = self.file(f"{name}.weights.h5")
+        weights = self.file(phase_weights(name))
         save_atomically(model, weights)
         self.phase(name).update(done=True, weights=os.path.basename(weights), **info)
         self.save()
-        shutil.rmtree(self.file("backup", name), ignore_errors=True)
+        shutil.rmtree(self.file(BACKUP_DIR, name), ignore_errors=True)
 
     def mark_complete(self, **info):
         self.state.update(complete=True, **info)
@@ -159,6 +161,12 @@ def _lock(path):
             f"Another process is running in {os.path.dirname(path)!r} (it holds {path!r}); "
             "wait for it to finish or use another `out_dir`.") from None
     return fd
+
+
+def _has_trained(state):
+    """Whether an earlier attempt got as far as training (then its settings bind the run)."""
+    return state["attempts"] > 0 or state["complete"] or any(
+        phase.get("done") for phase in state["phases"].values())
 
 
 def _read_state(path):

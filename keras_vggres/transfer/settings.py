@@ -10,11 +10,11 @@ from __future__ import annotations
 import os
 
 from keras_vggres._checks import (BN_POLICIES, JIT_CHOICES, OPTIMIZERS, PRECISIONS,  # noqa: F401
-                                  check_bool,
+                                  VERBOSITY, check_bool,
                                   check_choice, check_int, check_number, check_optional)
 from keras_vggres.transfer.augment import describe, make_augment
 
-WEIGHT_SUFFIXES = (".h5", ".hdf5", ".keras", ".weights.h5", ".pth", ".pt")
+CACHE_CHOICES = (None, "memory", "disk")
 
 
 def finetune_settings(args):
@@ -48,6 +48,8 @@ def finetune_settings(args):
     check_choice("jit_compile", args["jit_compile"], JIT_CHOICES)
     check_bool("class_weights", args["class_weights"])
     check_bool("restart", args["restart"])
+    check_choice("cache", args["cache"], CACHE_CHOICES)
+    check_choice("verbose", args["verbose"], VERBOSITY)
     return {
         "data_dir": data_dir, "model": spec.name, "weights": check_weights(spec.name,
                                                                            args["weights"]),
@@ -62,13 +64,13 @@ def finetune_settings(args):
         "precision": args["precision"], "jit_compile": args["jit_compile"],
         "optimizer": describe_optimizer(args["optimizer"]),
         "label_smoothing": float(args["label_smoothing"]),
-        "class_weights": args["class_weights"],
+        "class_weights": args["class_weights"], "cache": args["cache"],
     }
 
 
 def check_weights(model_name, weights):
-    """None, a tag of `model_name`, or an existing weights file (absolute path, with its size
-    and mtime so that a changed file is a changed run)."""
+    """None, a tag of `model_name`, or an existing weights file: its absolute path, size and
+    modification time (so that a replaced file is a changed run)."""
     from keras_vggres.weights import manifest
 
     if weights is None or (isinstance(weights, str) and weights.lower() == "none"):
@@ -77,14 +79,18 @@ def check_weights(model_name, weights):
     if manifest.is_known_tag(model_name, weights):
         return weights
     if os.path.isfile(weights):
-        if not weights.lower().endswith(WEIGHT_SUFFIXES):
-            raise ValueError(f"`weights` file {weights!r} has an unknown suffix; accepted: "
-                             f"{WEIGHT_SUFFIXES} (Keras HDF5 / .keras / torchvision .pth).")
-        return os.path.abspath(weights)
+        info = os.stat(weights)
+        return {"file": os.path.abspath(weights), "size": info.st_size,
+                "mtime_ns": info.st_mtime_ns}
     tags = ("imagenet",) + tuple(manifest.list_weights(model_name))
     raise ValueError(f"`weights` must be None / 'none', a weights tag of {model_name} {tags} or "
                      f"the path of an existing weights file; received weights={weights!r} "
                      "(no such tag, no such file).")
+
+
+def weights_argument(setting):
+    """The builder's `weights` argument for a `check_weights` setting (a tag, a path, None)."""
+    return setting["file"] if isinstance(setting, dict) else setting
 
 
 def describe_optimizer(optimizer):

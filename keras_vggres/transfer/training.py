@@ -8,6 +8,7 @@ from keras_vggres import distribute
 from keras_vggres.transfer import report as reporting
 from keras_vggres.transfer.callbacks import (AtomicBackupAndRestore, BestModelCheckpoint,
                                              ResumableEarlyStopping, StopOnNaN, best_so_far)
+from keras_vggres.transfer.layout import BACKUP_DIR, BEST_MODEL, METRICS
 from keras_vggres.transfer.settings import OPTIMIZERS
 
 
@@ -46,15 +47,15 @@ def compile_phase(model, settings, learning_rate, optimizer):
 def phase_callbacks(run, model, settings, *, phase, epoch_offset, earlier_phases, monitor,
                     verbose, user_callbacks):
     """CSV log, best checkpoint, crash-consistent backup, NaN stop, early stopping, the user's."""
-    metrics = run.file("metrics.csv")
+    metrics = run.file(METRICS)
     initial = best_so_far(metrics, monitor, phases=earlier_phases + [phase])
     callbacks = [StopOnNaN(phase),
                  reporting.EpochCSVLogger(metrics, phase=phase, run=run.attempt,
                                           epoch_offset=epoch_offset),
-                 BestModelCheckpoint(model, run.file("best.keras"), monitor=monitor,
+                 BestModelCheckpoint(model, run.file(BEST_MODEL), monitor=monitor,
                                      initial_best=initial),
                  # kept when fit ends: removed by RunState.finish_phase once the phase is done
-                 AtomicBackupAndRestore(run.file("backup", phase), delete_checkpoint=False)]
+                 AtomicBackupAndRestore(run.file(BACKUP_DIR, phase), delete_checkpoint=False)]
     if settings["early_stopping_patience"] is not None:
         callbacks.append(ResumableEarlyStopping(
             metrics, phase=phase, epoch_offset=epoch_offset, monitor=monitor, mode="max",
@@ -65,4 +66,4 @@ def phase_callbacks(run, model, settings, *, phase, epoch_offset, earlier_phases
 
 def phase_epochs(run, phase):
     """Epochs of `phase` logged in the run's metrics CSV."""
-    return sum(1 for r in reporting.read_metrics(run.file("metrics.csv")) if r["phase"] == phase)
+    return sum(1 for r in reporting.read_metrics(run.file(METRICS)) if r["phase"] == phase)

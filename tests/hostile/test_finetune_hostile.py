@@ -158,3 +158,49 @@ def test_a_run_folder_is_used_by_one_process_at_a_time(toy, tmp_path):
     with RunState(tmp_path / "run", {"model": "resnet18"}):
         with pytest.raises(RunFolderBusyError, match="Another process"):
             finetune(toy.root, out_dir=tmp_path / "run", **SETTINGS)
+
+
+def test_the_fingerprint_sees_through_symlinked_class_folders(tmp_path):
+    from keras_vggres.transfer import fingerprint
+
+    real = make_toy_dataset(tmp_path / "real", classes=2, per_class=2, size=32, broken=False)
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    for name in real.class_names:
+        (linked / name).symlink_to(os.path.join(real.root, name), target_is_directory=True)
+    (linked / real.class_names[0] / "loop").symlink_to(linked, target_is_directory=True)
+    before = fingerprint.folder_files(linked)
+    assert len([e for e in before if not e[0].count("loop")]) == 4
+    Image.new("RGB", (32, 32)).save(os.path.join(real.root, real.class_names[1], "new.png"))
+    after = fingerprint.folder_files(linked)
+    assert fingerprint.digest(after) != fingerprint.digest(before)
+    assert "1 files added" in fingerprint.describe_changes(before, after)
+
+
+def test_a_failed_set_up_does_not_bind_the_run_folder(toy, tmp_path):
+    """A call that fails before training (here: a file that is no weights file) leaves a
+    state file, yet the corrected command runs instead of being refused as another run."""
+    bogus = tmp_path / "weights.h5"
+    bogus.write_bytes(b"not a weights file")
+    with pytest.raises(ValueError):
+        finetune(toy.root, out_dir=tmp_path / "run", **dict(SETTINGS, weights=str(bogus)))
+    result = finetune(toy.root, out_dir=tmp_path / "run", **dict(SETTINGS, epochs_head=1,
+                                                                  epochs_finetune=0))
+    assert result.summary["attempts"] == 1
+
+
+def test_a_refused_resume_releases_the_folder(toy, tmp_path):
+    out = tmp_path / "run"
+    _kill(toy, out, "*/backup/head/training_metadata.json", 1, "after")
+    with pytest.raises(ValueError, match="other settings") as refused:
+        finetune(toy.root, out_dir=out, **dict(SETTINGS, lr=0.01))
+    assert refused.value is not None  # the traceback (and the RunState) are still alive here
+    result = finetune(toy.root, out_dir=out, restart=True, **dict(SETTINGS, lr=0.01))
+    assert result.summary["attempts"] == 1
+
+
+@pytest.mark.parametrize("cache", ["Memory", "dsk", 3])
+def test_cache_typos_are_refused_before_anything_is_written(toy, tmp_path, cache):
+    with pytest.raises(ValueError, match="cache"):
+        finetune(toy.root, out_dir=tmp_path / "run", **dict(SETTINGS, cache=cache))
+    assert not (tmp_path / "run").exists() and not list(tmp_path.glob("*-train*"))
