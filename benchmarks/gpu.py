@@ -14,7 +14,7 @@ Synthetic images and labels are generated on the devices (`jax.random`) and shar
 host-to-device copy is timed. Warm-up steps (compilation included) are excluded; every timed
 step is synchronised (`block_until_ready`), so the spread (median, p10, p90) is per step.
 MFU = achieved model FLOP/s / (`--peak-tflops` per device x devices); model FLOPs come from the
-Keras graph (`_macs.py`: conv + dense MACs; training = 3 x forward MACs x 2 FLOPs).
+Keras graph (`keras_vggres.costs`: conv + dense MACs; training = 3 x forward MACs x 2 FLOPs).
 
 A real run needs a GPU or TPU and writes `benchmarks/results_gpu.json`; `--smoke` runs on the
 CPU at 32 px, batch 2, 2 steps, and writes only where `--out` says (or nowhere).
@@ -30,13 +30,19 @@ import sys
 import time
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 
-import _macs  # noqa: E402
+from keras_vggres.costs import count_costs  # noqa: E402
+
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def training_flops(forward_macs_per_image):
+    """FLOPs of one training step per image: forward + backward = 3 x forward, 2 FLOPs per MAC."""
+    return 3 * 2 * forward_macs_per_image
+
 RESULTS = os.path.join(HERE, "results_gpu.json")
 MODELS = {  # benchmark name -> (builder, builder options)
     "resnet50": ("ResNet50", {"variant": "v1"}),
@@ -289,8 +295,8 @@ def main(argv=None):
         configure()
         model = build(name, args.image_size)
         assert model.dtype_policy.name == POLICY
-        macs = _macs.forward_macs(model)
-        train_flops = _macs.training_flops(macs)
+        macs = count_costs(model).macs
+        train_flops = training_flops(macs)
         report["models"][name] = {
             "forward_gmacs_per_image": round(macs / 1e9, 4),
             "train_gflops_per_image": round(train_flops / 1e9, 4),

@@ -16,9 +16,9 @@ import numpy as np
 from keras import ops
 
 from keras_vggres._checks import check_choice, check_int, check_number
+from keras_vggres._preprocess_math import _apply_ops, resolve_data_format
 from keras_vggres.transforms import PREPROCESS_MODES
 
-DATA_FORMATS = (None, "channels_first", "channels_last")
 DEFAULT_BATCH_SIZE = 32  # keras.Model.predict's
 
 
@@ -86,12 +86,9 @@ class ImageNetPreprocessing(keras.layers.Layer):
         super().__init__(**kwargs)
         check_choice("mode", mode, tuple(PREPROCESS_MODES))
         self.mode = mode
-        check_choice("data_format", data_format, DATA_FORMATS)
-        self.data_format = data_format or keras.config.image_data_format()
+        self.data_format = resolve_data_format(data_format)
 
     def call(self, inputs):
-        from keras_vggres.preprocessing import _apply_ops
-
         return _apply_ops(
             inputs, PREPROCESS_MODES[self.mode], self.data_format, dtype=self.compute_dtype
         )

@@ -91,12 +91,9 @@ def train_step_peak_bytes(model, batch_size):
     runs. The result is that step's peak minus the bytes allocated before it (weights,
     optimizer state), i.e. the step's activations, gradients and temporaries.
     """
-    import keras
-    import tensorflow as tf
+    from keras_vggres._backend import require_tensorflow
 
-    if keras.backend.backend() != "tensorflow":
-        raise RuntimeError("train_step_peak_bytes needs the TensorFlow backend; "
-                           f"KERAS_BACKEND={keras.backend.backend()!r}.")
+    tf = require_tensorflow("train_step_peak_bytes (the measured memory peak)")
     batch_size = check_int("batch_size", batch_size, low=1)
     if not model.compiled:
         model.compile(optimizer="sgd", loss=PEAK_LOSS)

@@ -41,3 +41,14 @@ def optional_number(text):
 def optional_int(text):
     """An integer, or 'none' -> None."""
     return None if text.lower() == "none" else int(text)
+
+
+def non_negative_int(text):
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0; received {text!r}")
+    return value

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from keras_vggres.cli._args import positive_int
+from keras_vggres.cli._args import non_negative_int, positive_int
 
 
 def _has_matplotlib():
@@ -48,7 +48,7 @@ def add_parsers(sub):
     p.add_argument("--batch-size", type=positive_int, default=8,
                    help="batch of the throughput and of the activation-memory estimate")
     p.add_argument("--runs", type=positive_int, default=5, help="timed runs per measurement")
-    p.add_argument("--warmup", type=positive_int, default=2, help="untimed runs before them")
+    p.add_argument("--warmup", type=non_negative_int, default=2, help="untimed runs before them")
     p.add_argument("--no-measure", action="store_true", help="skip the timings")
     p.add_argument("--format", choices=FORMATS, default="table")
     p.add_argument("--plot", default=None, metavar="OUT.png",

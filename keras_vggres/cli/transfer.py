@@ -85,7 +85,8 @@ def add_parsers(sub):
                    help="early-stopping patience in epochs, or 'none'")
     p.add_argument("--validation-split", type=optional_number, default=0.2,
                    help="held-out fraction, or 'none'")
-    p.add_argument("--strategy", choices=STRATEGY_KINDS, default="auto")
+    p.add_argument("--strategy", choices=STRATEGY_KINDS, default=None,
+                   help="a tf.distribute strategy (default: none, as finetune(strategy=None))")
     p.add_argument("--precision", choices=PRECISIONS, default="float32")
     p.add_argument("--jit", action="store_true", help="force XLA (jit_compile=True)")
     p.add_argument("--quiet", action="store_true", help="no progress bars, only the result")

@@ -39,11 +39,12 @@ def _records(model=None):
 def cmd_weights(args):
     from keras_vggres.weights import download
 
-    print(f"{'model':<12} {'tag':<6} {'source':<12} {'top1':>6} {'top5':>6}  file  [cached?]")
+    print(f"{'model':<12} {'tag':<6} {'source':<12} {'top1':>6} {'top5':>6}  file  [cached? "
+          "(by name and size; `keras-vggres verify` checks hashes)]")
     for record in _records(args.model):
         metrics = record.metrics or {}
         for kind, spec in record.files.items():
-            cached = "cached" if download.cached_path(spec) else "-"
+            cached = "cached" if download.present_path(spec) else "-"
             print(f"{record.model:<12} {record.tag:<6} {record.source:<12} "
                   f"{metrics.get('top1', ''):>6} {metrics.get('top5', ''):>6}  {kind}: "
                   f"{spec.name}  [{cached}]")

@@ -67,6 +67,11 @@ def export(model, path, format, *, quantize=None, calibration=None, class_names=
         `path` as a string.
     """
     path = check_request(format, path, quantize=quantize, calibration=calibration)
+    if format != "keras":
+        from keras_vggres._backend import require_tensorflow
+
+        require_tensorflow(f"export(format={format!r})",
+                           instead="format='keras' works on every backend.")
     from keras_vggres.exporting.record import checked_model, export_record, resolve_class_names
 
     model = checked_model(model)

@@ -16,6 +16,7 @@ import keras
 from keras import layers
 
 from keras_vggres._checks import POOLING, check_choice  # noqa: F401 (re-exported)
+from keras_vggres.models.specs import POOL_LAYERS
 
 PRETRAINED_ACTIVATIONS = (None, "softmax", "linear")
 DATA_FORMATS = ("channels_last", "channels_first")
@@ -103,9 +104,9 @@ def model_input(input_tensor, input_shape):
 def pooled_output(x, pooling):
     """The no-top output: the feature map, or its global average / max (named for stable access)."""
     if pooling == "avg":
-        return layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        return layers.GlobalAveragePooling2D(name=POOL_LAYERS["avg"])(x)
     if pooling == "max":
-        return layers.GlobalMaxPooling2D(name="max_pool")(x)
+        return layers.GlobalMaxPooling2D(name=POOL_LAYERS["max"])(x)
     return x
 
 

@@ -96,7 +96,7 @@ def resnet_body(x, depth_name, variant):
 
 def resnet_top(x, classes, classifier_activation):
     """keras.applications' ResNet head: global average pool -> predictions."""
-    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    x = layers.GlobalAveragePooling2D(name=_common.POOL_LAYERS["avg"])(x)
     return _common.classifier_layer(classes, classifier_activation)(x)
 
 

@@ -32,8 +32,11 @@ VGG_STAGES = ("block1", "block2", "block3", "block4", "block5", HEAD)
 VGG_KERNEL = 3      # every conv: 3x3, stride 1, "same" padding (= PyTorch's padding=1), bias
 VGG_POOL = 2        # every block ends in a 2x2 max-pool with stride 2
 FC_UNITS = 4096     # fc1 and fc2
-# The layers a builder adds with include_top=True (VGG: all four; ResNet: "predictions").
+# The layers a builder adds with include_top=True (VGG: all four; ResNet: "avg_pool" too), and
+# the pooling a no-top model may end with: together, the `head` stage.
 TOP_LAYERS = ("flatten", "fc1", "fc2", "predictions")
+POOL_LAYERS = {"avg": "avg_pool", "max": "max_pool"}
+HEAD_LAYERS = TOP_LAYERS + tuple(POOL_LAYERS.values())
 
 
 def vgg_model_name(depth, *, batch_norm):

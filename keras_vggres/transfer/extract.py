@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+
+from keras_vggres._checks import check_choice
 from pathlib import Path
 
 __all__ = ["extract_features", "list_images", "save_features"]
@@ -59,15 +61,17 @@ def save_features(out, features, paths, labels, class_names):
     return out
 
 
-def extract_features(source, *, model="resnet50", weights=None, image_size=224, pooling="avg",
-                     batch_size=16, out="feats.npz", strategy=None, verbose="auto"):
+def extract_features(source, *, model="resnet50", weights="imagenet", image_size=224,
+                     pooling="avg", batch_size=16, out="feats.npz", strategy=None,
+                     verbose="auto"):
     """Pooled embeddings of images through a no-top registered model, saved to `out`.
 
     Args:
         source: a folder (class sub-folders -> labels via the hygiene scan; or a flat folder
             of images) or a list of image paths.
         model: a registered model name.
-        weights: None / "none" (random), "imagenet", a weights tag or a weights file.
+        weights: "imagenet" (the default, as in the builders and the CLI), a weights tag, a
+            weights file, or None / "none" (random).
         image_size: square load and input size.
         pooling: "avg" or "max".
         batch_size: images per forward pass.
@@ -88,8 +92,7 @@ def extract_features(source, *, model="resnet50", weights=None, image_size=224, 
     import keras_vggres
     from keras_vggres.transfer.embeddings import embed
 
-    if pooling not in ("avg", "max"):
-        raise ValueError(f"`pooling` must be 'avg' or 'max'; received pooling={pooling!r}.")
+    check_choice("pooling", pooling, ("avg", "max"))
     active = None
     if strategy is not None:
         from keras_vggres import distribute

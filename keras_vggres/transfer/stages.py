@@ -32,10 +32,10 @@ import keras
 
 from keras_vggres._checks import BN_POLICIES, check_choice
 from keras_vggres.models.features import feature_info
-from keras_vggres.models.specs import FAMILY_STAGES, HEAD, POST, STEM  # noqa: F401 (re-exported)
+from keras_vggres.models.specs import (FAMILY_STAGES, HEAD, HEAD_LAYERS, POST,  # noqa: F401
+                                       STEM)
 from keras_vggres.models.specs import family as model_family
 
-HEAD_LAYERS = ("flatten", "fc1", "fc2", "predictions", "avg_pool", "max_pool")
 NO_STAGE_LAYERS = ("preprocessing",)
 _RECORDED_FAMILIES = {names: family for family, names in FAMILY_STAGES.items()}
 # Layer names that identify a family; the first match wins (V2 before v1: both have conv1_conv).

@@ -58,9 +58,9 @@ class GradCAM:
     """
 
     def __init__(self, model, layer=None, *, class_names=None):
-        if keras.backend.backend() != "tensorflow":
-            raise RuntimeError("Grad-CAM needs the TensorFlow backend for its gradients; "
-                               f"KERAS_BACKEND is {keras.backend.backend()!r}.")
+        from keras_vggres._backend import require_tensorflow
+
+        require_tensorflow("Grad-CAM (keras_vggres.viz.gradcam)")
         self.model = model
         self.target = graph.resolve_layer(model, layer)
         source, self._dense = graph.score_source(model)

@@ -143,7 +143,6 @@ def _vgg_plan(depth, batch_norm):
     return plan
 
 
-_HEAD_LAYERS = ("fc1", "fc2", "predictions")
 
 
 def _layer_plan(model_name):
@@ -221,7 +220,7 @@ def _select(model_name, include_top):
     optional = {f"{s.key.rsplit('.', 1)[0]}.{_IGNORED_BN_KEY}"
                 for sources in plan.values() for s in sources if s.weight == "gamma"}
     if not include_top:
-        head = {layer: plan.pop(layer) for layer in _HEAD_LAYERS if layer in plan}
+        head = {layer: plan.pop(layer) for layer in specs.TOP_LAYERS if layer in plan}
         optional |= {s.key for sources in head.values() for s in sources}
     return plan, optional
 

@@ -80,6 +80,16 @@ def cached_path(spec: FileSpec, cache_dir: str | os.PathLike | None = None) -> P
     return None
 
 
+def present_path(spec: FileSpec) -> Path | None:
+    """A cached copy of ``spec`` judged by name and size alone (no hashing: for tables that
+    must print fast; `cached_path` and `keras-vggres verify` check the hashes)."""
+    for folder in _cache_dirs(None):
+        path = folder / spec.name
+        if path.is_file() and (spec.size is None or path.stat().st_size == spec.size):
+            return path
+    return None
+
+
 def verify_file(path: str | os.PathLike, spec: FileSpec) -> str | None:
     """Describe how ``path`` differs from ``spec`` (size, md5, sha256, sha256 prefix); None if OK.
 
