@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -79,4 +80,4 @@ def test_every_python_block_is_valid_and_the_readme_is_finished():
     blocks = _python_blocks()
     assert len(blocks) >= 8
     for block in blocks:
-        compile(block, "README.md", "exec")
+        compile(textwrap.dedent(block), "README.md", "exec")
