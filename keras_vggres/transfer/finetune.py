@@ -33,7 +33,7 @@ from keras_vggres.transfer.exports import FinetuneResult
 from keras_vggres.transfer.heads import build_classifier
 from keras_vggres.transfer.hygiene import scan_folder
 from keras_vggres.transfer.layout import (BEST_MODEL, CACHE_DIR, EMBEDDINGS_DIR, HYGIENE_JSON,
-                                          SUMMARY)
+                                          STATE_FILE, SUMMARY)
 from keras_vggres.transfer.runstate import RunState
 from keras_vggres.transfer.schedules import WarmupCosine
 from keras_vggres.transfer.settings import finetune_settings, weights_argument
@@ -131,19 +131,22 @@ def finetune(data_dir, model="resnet50", weights="imagenet", image_size=224, bat
                          "must use the same run folder (restart them all with it to resume).")
     if not distribute.is_chief(strategy):
         verbose = 0
-    folder = out_dir or os.path.join("runs", f"{settings['model']}-{time.strftime('%Y%m%d-%H%M%S')}")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    folder = distribute.worker_dir(out_dir or os.path.join("runs", f"{settings['model']}-{stamp}"),
+                                   strategy)
     files = fingerprint.folder_files(settings["data_dir"])
-    with RunState(distribute.worker_dir(folder, strategy), settings, files=files,
-                  restart=restart) as run:
-        if run.complete:
-            summary = exports.reporting.read_json(run.file(SUMMARY))
-            return exports.result(run, summary, history={})
-        ctx = _Context(run=run, settings=run.settings, strategy=strategy,
-                       verbose=_fit_verbose(verbose), user_callbacks=list(callbacks or ()),
-                       augment=augment, multiworker=multiworker, cache=cache,
-                       optimizer=optimizer)
-        keras.utils.set_random_seed(seed)
-        with distribute.precision_scope(precision, strategy), data_errors():
+    ctx = _Context(run=None, settings=settings, strategy=strategy,
+                   verbose=_fit_verbose(verbose), user_callbacks=list(callbacks or ()),
+                   augment=augment, multiworker=multiworker, cache=cache, optimizer=optimizer)
+    keras.utils.set_random_seed(seed)
+    with distribute.precision_scope(precision, strategy), data_errors():
+        if restart or not os.path.exists(os.path.join(folder, STATE_FILE)):
+            _scan_and_build(ctx)  # a new run: data and weights checked before anything is written
+        with RunState(folder, settings, files=files, restart=restart) as run:
+            if run.complete:
+                summary = exports.reporting.read_json(run.file(SUMMARY))
+                return exports.result(run, summary, history={})
+            ctx.run, ctx.settings = run, run.settings
             _prepare(ctx)
             run.begin_attempt()
             _head_phase(ctx)
@@ -166,6 +169,7 @@ class _Context:
     multiworker: bool = False
     cache: object = None
     optimizer: object = "adam"     # the caller's: a name, an optimizer or a callable
+    scan: object = None
     data: object = None
     model: object = None
     info: object = None
@@ -192,22 +196,31 @@ def _strategy(strategy):
 
 
 # ----------------------------------------------------------------------------- data + model
+def _scan_and_build(ctx):
+    """Scan the folder and build the classifier (loading the weights): every problem with the
+    data or the weights shows here, before a run folder is written."""
+    s = ctx.settings
+    start = time.perf_counter()
+    ctx.scan = scan_folder(s["data_dir"], verbose=1 if ctx.verbose == 1 else 0)
+    ctx.timings["scan"] = round(time.perf_counter() - start, 3)
+    if ctx.verbose:
+        print(ctx.scan)
+    ctx.model = distribute.build_in_scope(ctx.strategy, build_classifier, s["model"],
+                                          weights_argument(s["weights"]), s["image_size"],
+                                          len(ctx.scan.class_names), s["dropout"])
+
+
 def _prepare(ctx):
-    """Scan the folder, build the classifier, then the streaming pipelines (the weights' own
-    eval transform at the run's image size)."""
+    """The scan and classifier (made now unless `_scan_and_build` ran), then the streaming
+    pipelines (the weights' own eval transform at the run's image size)."""
     from keras_vggres.transfer.stages import find_backbone
     from keras_vggres.weights.info import scaled_to, weights_info
 
     s = ctx.settings
-    start = time.perf_counter()
-    scan = scan_folder(s["data_dir"], verbose=1 if ctx.verbose == 1 else 0)
+    if ctx.model is None:
+        _scan_and_build(ctx)
+    scan = ctx.scan
     scan.save(ctx.run.file(HYGIENE_JSON))
-    ctx.timings["scan"] = round(time.perf_counter() - start, 3)
-    if ctx.verbose:
-        print(scan)
-    ctx.model = distribute.build_in_scope(ctx.strategy, build_classifier, s["model"],
-                                          weights_argument(s["weights"]), s["image_size"],
-                                          len(scan.class_names), s["dropout"])
     size = (s["image_size"], s["image_size"])
     backbone_info = weights_info(find_backbone(ctx.model)[0])
     ctx.info = backbone_info.replace(transform=scaled_to(backbone_info.transform, size))

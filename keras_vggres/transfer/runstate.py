@@ -62,11 +62,11 @@ class RunState:
         settings = dict(settings)
         if files is not None:
             settings["data_fingerprint"] = fingerprint.digest(files)
-        if os.path.exists(self.path) and _has_trained(_read_state(self.path)):
+        if os.path.exists(self.path):
             self.state = _read_state(self.path)
             _check_same_settings(self.path, self.state["settings"], settings,
                                  self.file(DATA_FILES), files)
-        else:  # a new run, or an earlier call that failed before training: start afresh
+        else:
             self.state = {"settings": settings, "attempts": 0, "phases": {}, "complete": False}
             if files is not None:
                 write_text(self.file(DATA_FILES), json.dumps(files) + "\n", fsync=True)
@@ -161,12 +161,6 @@ def _lock(path):
             f"Another process is running in {os.path.dirname(path)!r} (it holds {path!r}); "
             "wait for it to finish or use another `out_dir`.") from None
     return fd
-
-
-def _has_trained(state):
-    """Whether an earlier attempt got as far as training (then its settings bind the run)."""
-    return state["attempts"] > 0 or state["complete"] or any(
-        phase.get("done") for phase in state["phases"].values())
 
 
 def _read_state(path):
