@@ -12,6 +12,10 @@ Keras' own loader reads and assigns layer by layer, and raises half-way through 
    host memory, and written back if Keras raises. Memory cost: one host copy of the model's
    variables (VGG16: 528 MB) for the duration of the load.
 
+Keras also skips, with only a warning, a nested container (a list of layers inside a layer) whose
+group is missing from the file, leaving those layers freshly initialised. Without
+``skip_mismatch`` that partial load is an error here, and the model is restored.
+
 With ``skip_mismatch=True`` Keras itself catches per-layer errors and may leave a layer half
 loaded; that is Keras' documented best-effort mode and is not undone here.
 """
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -34,6 +39,8 @@ from keras_vggres.weights.h5 import open_h5
 
 NATIVE_SUFFIXES = (".keras", ".weights.h5", ".weights.json")
 ARCHIVE_WEIGHTS = "model.weights.h5"  # where a `.keras` archive keeps its weights
+# How Keras' loader says it left layers freshly initialised without raising (Keras >= 3.14).
+KERAS_SKIPPED_CONTAINER = "Skipping nested container"
 
 
 def load_native(model, path: str, *, skip_mismatch: bool = False,
@@ -43,13 +50,33 @@ def load_native(model, path: str, *, skip_mismatch: bool = False,
     variables = model_variables(model)
     saved = [np.array(keras.ops.convert_to_numpy(v)) for v in variables]
     try:
-        model.load_weights(path, skip_mismatch=skip_mismatch)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.load_weights(path, skip_mismatch=skip_mismatch)
+        skipped = _replay_warnings(caught, keep_skipped=skip_mismatch)
+        if skipped and not skip_mismatch:
+            raise ValueError(f"{path!r} does not hold every variable of model {model.name!r}: "
+                             f"Keras left layers freshly initialised ({skipped[0]}). Pass "
+                             "skip_mismatch=True to accept a partial load.")
     except BaseException as err:
         for variable, value in zip(variables, saved):
             assign_value(variable, value)
         err.add_note(f"Loading {path!r} failed; all {len(variables)} variables of model "
                      f"{model.name!r} were restored: nothing was loaded.")
         raise
+
+
+def _replay_warnings(caught, *, keep_skipped: bool) -> list[str]:
+    """Re-issue Keras' warnings from a load (skipped containers only if ``keep_skipped``);
+    return the skipped containers' one-line descriptions."""
+    skipped = []
+    for w in caught:
+        is_skip = str(w.message).startswith(KERAS_SKIPPED_CONTAINER)
+        if is_skip:
+            skipped.append(str(w.message).split(":")[0])
+        if keep_skipped or not is_skip:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return skipped
 
 
 def model_variables(model) -> list:

@@ -246,7 +246,7 @@ def test_native_bad_last_layer_leaves_model_unchanged(tmp_path):
     path = edit_native(native_file(tmp_path), _native_replace(data=np.ones((4, 2), "f4")))
     keras_own = randomized(tiny_model(), 2)
     own_before = snapshot(keras_own)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError), pytest.warns(UserWarning, match="Skipping nested container"):
         keras_own.load_weights(path)  # the control: Keras alone leaves the model half-loaded
     assert any(not np.array_equal(a, b) for a, b in zip(snapshot(keras_own), own_before))
 
@@ -256,6 +256,53 @@ def test_native_bad_last_layer_leaves_model_unchanged(tmp_path):
         load_weights(model, path)
     assert "nothing was loaded" in "\n".join(getattr(err.value, "__notes__", []))
     assert_unchanged(model, before)
+
+
+class NestedPair(keras.layers.Layer):
+    """Two Dense layers kept in a list of lists: Keras writes each inner list as a `container`."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.blocks = [[keras.layers.Dense(2)], [keras.layers.Dense(2)]]
+
+    def build(self, shape):
+        for (dense,) in self.blocks:
+            dense.build(shape)
+
+    def call(self, x):
+        return self.blocks[0][0](x) + self.blocks[1][0](x)
+
+
+def _nested_model(seed):
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((3,))
+    return keras.Model(inputs, NestedPair()(inputs))
+
+
+def test_native_file_missing_a_nested_container_is_a_partial_load_and_refused(tmp_path):
+    """A file like those older Keras wrote, without one nested-container group: Keras loads it
+    with only a warning and leaves that Dense freshly initialised; strict loading refuses it."""
+    path = str(tmp_path / "nested.weights.h5")
+    _nested_model(1).save_weights(path)
+    with h5py.File(path, "a") as f:
+        del f["layers/nested_pair/blocks/container"]  # Keras names the group by class
+
+    keras_own = _nested_model(2)
+    own_before = snapshot(keras_own)
+    with pytest.warns(UserWarning, match="Skipping nested container"):
+        keras_own.load_weights(path)  # the control: no error, first kernel left as it was
+    np.testing.assert_array_equal(snapshot(keras_own)[0], own_before[0])
+
+    model = _nested_model(2)
+    before = snapshot(model)
+    with pytest.raises(ValueError, match="does not hold every variable.*skip_mismatch=True") as err:
+        load_weights(model, path)
+    assert "nothing was loaded" in "\n".join(getattr(err.value, "__notes__", []))
+    assert_unchanged(model, before)
+
+    with pytest.warns(UserWarning, match="Skipping nested container"):
+        load_weights(model, path, skip_mismatch=True)  # the best-effort mode still says so
+    assert not np.array_equal(snapshot(model)[2], before[2])  # the second Dense did load
 
 
 HOSTILE_NATIVE = {
