@@ -30,7 +30,8 @@ def temp_sibling(path, suffix=""):
 def replacing(path, *, suffix="", fsync=False):
     """Yield a temporary path beside `path`; it becomes `path` only if the block succeeds.
 
-    Works for files and folders (a SavedModel): an existing folder at `path` is replaced.
+    Works for files and folders (a SavedModel): an existing folder at `path` is replaced, and
+    removed only once the new one is in place (a failed swap puts it back).
     `suffix` is kept at the end of the temporary name for writers that choose the format from
     it (Keras: `.keras`, `.weights.h5`; NumPy: `.npz`). With `fsync=True` the file's bytes
     and the rename are flushed to disk before returning. A missing parent folder is created.
@@ -43,12 +44,26 @@ def replacing(path, *, suffix="", fsync=False):
         if fsync:
             fsync_file(tmp)
         if os.path.isdir(tmp) and os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+            _replace_folder(tmp, path)
+        else:
+            os.replace(tmp, path)
         if fsync:
             fsync_folder(os.path.dirname(os.path.abspath(path)))
     finally:
         _remove(tmp)
+
+
+def _replace_folder(new, path):
+    """Swap the folder `new` in at `path`: the old folder is moved aside, not deleted, until
+    the new one is in place, so a failing rename (`path` is ".", a mount point) loses nothing."""
+    old = temp_sibling(path)
+    os.rename(path, old)
+    try:
+        os.rename(new, path)
+    except BaseException:
+        os.rename(old, path)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def write_bytes(path, data, *, fsync=False):

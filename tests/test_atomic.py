@@ -51,6 +51,36 @@ def test_folders_are_replaced_whole(tmp_path):
     assert _siblings(tmp_path) == ["saved_model"]
 
 
+def test_a_folder_that_cannot_be_moved_is_kept(tmp_path, monkeypatch):
+    """Replacing "." fails at the rename; the folder and its files must survive that."""
+    (tmp_path / "precious.txt").write_text("keep")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(OSError):
+        with replacing(".") as tmp:
+            os.makedirs(tmp)
+    assert _siblings(tmp_path) == ["precious.txt"]
+
+
+def test_a_failed_swap_puts_the_old_folder_back(tmp_path, monkeypatch):
+    target = tmp_path / "saved_model"
+    target.mkdir()
+    (target / "saved_model.pb").write_text("old")
+    real_rename = os.rename
+
+    def rename(src, dst):
+        if os.fspath(dst) == os.fspath(target) and "saved_model.pb" not in os.listdir(src):
+            raise OSError("device busy")  # the new folder cannot move in; the old one can
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(OSError, match="device busy"):
+        with replacing(target) as tmp:
+            os.makedirs(tmp)
+            open(os.path.join(tmp, "variables"), "w").close()
+    assert (target / "saved_model.pb").read_text() == "old"
+    assert _siblings(tmp_path) == ["saved_model"]
+
+
 @pytest.mark.parametrize("name, suffix", [("best.weights.h5", ".weights.h5"),
                                           ("model.keras", ".keras"), ("plain", "")])
 def test_suffix_is_kept_at_the_end_of_the_temporary_name(tmp_path, name, suffix):

@@ -290,13 +290,48 @@ def test_failed_export_keeps_the_previous_output(tiny, tmp_path, monkeypatch):
 
     target = tmp_path / "saved_model"
     target.mkdir()
-    (target / "old.txt").write_text("previous export")
+    (target / "saved_model.pb").write_text("previous export")
     unserialisable = {"class_names": ["a", "b"], "oops": object()}
     monkeypatch.setattr(record, "export_record", lambda *args, **kwargs: unserialisable)
     with pytest.raises(TypeError, match="not JSON serializable"):
         keras_vggres.export(tiny, target, "savedmodel")
     assert [p.name for p in tmp_path.iterdir()] == ["saved_model"]
-    assert [p.name for p in target.iterdir()] == ["old.txt"]
+    assert [p.name for p in target.iterdir()] == ["saved_model.pb"]
+
+
+@pytest.mark.parametrize("where", ["folder", "cwd", "run"])
+def test_savedmodel_never_replaces_a_folder_that_is_not_one(tiny, tmp_path, monkeypatch, where):
+    """Only an empty folder or an earlier SavedModel is replaced: not the current folder, not a
+    run folder holding the very model being exported, not a folder of the user's files."""
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "notes.txt").write_text("precious")
+    if where == "run":
+        keras_vggres.export(tiny, target / "model.keras", "keras")
+    path = target
+    if where == "cwd":
+        monkeypatch.chdir(target)
+        path = "."
+    before = sorted(p.name for p in target.iterdir())
+    with pytest.raises(ValueError, match=r"format='savedmodel' replaces the folder at path=.*"
+                                         r"neither empty nor a SavedModel.*'saved_model.pb'"):
+        keras_vggres.export(tiny, path, "savedmodel")
+    assert sorted(p.name for p in target.iterdir()) == before
+    assert (target / "notes.txt").read_text() == "precious"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+@pytest.mark.parametrize("format", ["keras", "tflite", "onnx"])
+def test_file_formats_refuse_a_folder_before_converting(tiny, tmp_path, monkeypatch, format):
+    from keras_vggres.exporting import api
+
+    target = tmp_path / f"m.{format}"
+    target.mkdir()
+    monkeypatch.setattr(api, "_require_packages", None)  # proves no later step was reached
+    with pytest.raises(ValueError, match=rf"format='{format}' writes a file, but path=.* is a "
+                                         r"folder"):
+        keras_vggres.export(tiny, target, format)
+    assert [p.name for p in tmp_path.iterdir()] == [f"m.{format}"]
 
 
 def test_keras_export_carries_class_names(tiny, tmp_path):

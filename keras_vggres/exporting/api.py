@@ -20,6 +20,8 @@ QUANTIZE_FOR = {"keras": (None,), "savedmodel": (None,), "tflite": QUANTIZATIONS
                 "onnx": (None,)}
 # What `path` must end with; a SavedModel is a folder, any name.
 SUFFIXES = {"keras": ".keras", "savedmodel": "", "tflite": ".tflite", "onnx": ".onnx"}
+# The file every SavedModel folder holds: only such a folder (or an empty one) is replaced.
+SAVEDMODEL_MARK = "saved_model.pb"
 # format: (the `pip install keras_vggres[extra]` that brings it, modules the export imports).
 # TFLite conversion is part of TensorFlow; its runtime (extra `tflite`) only runs the files.
 EXTRAS = {"onnx": ("onnx", ("tf2onnx", "onnx"))}
@@ -118,9 +120,19 @@ def _check_path(format, path):
     if suffix and not path.endswith(suffix):
         raise ValueError(f"format={format!r} writes a file whose name ends with {suffix!r}; "
                          f"received path={path!r}.")
+    if suffix and os.path.isdir(path):
+        raise ValueError(f"format={format!r} writes a file, but path={path!r} is a folder.")
     if not suffix and os.path.isfile(path):
         raise ValueError(f"format={format!r} writes a folder, but path={path!r} is a file.")
+    if not suffix and os.path.isdir(path) and os.listdir(path) and not _is_savedmodel(path):
+        raise ValueError(f"format={format!r} replaces the folder at path={path!r}, which is "
+                         f"neither empty nor a SavedModel (no {SAVEDMODEL_MARK!r}); pass a new "
+                         "folder name, an empty folder or an earlier SavedModel export.")
     return path
+
+
+def _is_savedmodel(folder):
+    return os.path.isfile(os.path.join(folder, SAVEDMODEL_MARK))
 
 
 def _require_packages(format):
