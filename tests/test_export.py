@@ -204,6 +204,19 @@ def test_cli_exports_a_registered_model(tmp_path, capsys):
     model = keras_vggres.load_model(out)
     assert tuple(model.inputs[0].shape) == (None, SIZE, SIZE, 3)
     assert keras_vggres.weights_info(model).model == "resnet18"
+    # that file, which carries no class names, exports again (and predicts by index only)
+    pixels = np.random.default_rng(0).uniform(0, 255, (1, SIZE, SIZE, 3)).astype("float32")
+    again = tmp_path / "again.keras"
+    assert cli.main(["export", str(out), "--format", "keras", "--out", str(again)]) == 0
+    assert "no class names" in capsys.readouterr().out
+    np.testing.assert_allclose(keras_vggres.load_model(again).predict(pixels, verbose=0),
+                               model.predict(pixels, verbose=0), rtol=1e-6)
+    with pytest.raises(ValueError, match="carries no class names"):
+        load_run(out)
+    run = load_run(out, require_class_names=False)
+    assert run.class_names is None
+    with pytest.raises(ValueError, match="no class names to predict with.*run.model.predict"):
+        run.predict(pixels)
 
 
 @pytest.mark.parametrize("argv, message", [

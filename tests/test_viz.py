@@ -333,6 +333,20 @@ def test_cli_registry_model_top1(tmp_path, capsys):
     assert "conv4_block2_out" in capsys.readouterr().out
 
 
+def test_cli_model_file_without_class_names(tmp_path, capsys):
+    """A .keras keras_vggres wrote without class names (a builder's) still explains, by index."""
+    from keras_vggres.saving import save_model
+
+    model_file = str(tmp_path / "r18.keras")
+    save_model(models.ResNet18(weights=None, input_shape=(SIZE, SIZE, 3), classes=3,
+                               include_preprocessing=True), model_file)
+    source = str(REPO / "examples" / "images" / "n01440764.jpg")
+    assert cli.main(["gradcam", source, "--model", model_file, "--class", "2",
+                     "--out", str(tmp_path / "cams")]) == 0
+    assert "class 2 (index 2), p=" in capsys.readouterr().out
+    assert os.listdir(tmp_path / "cams") == ["n01440764_gradcam.png"]
+
+
 def test_cli_errors(saved, tmp_path, capsys):
     source = str(REPO / "examples" / "images" / "n01440764.jpg")
     assert cli.main(["gradcam", source, "--model", saved, "--class", "cow",

@@ -36,7 +36,7 @@ def _load(args):
                              "own weights and size.")
         from keras_vggres.transfer.runs import load_run
 
-        run = load_run(args.model)
+        run = load_run(args.model, require_class_names=False)
         return run.model, run.class_names, args.model
     if os.sep in args.model or args.model.endswith(".keras"):
         raise FileNotFoundError(f"No run folder or model file at {args.model!r}.")

@@ -43,7 +43,7 @@ def _load(args):
                              f"{args.model!r} is a run folder or .keras file with its weights.")
         from keras_vggres.transfer.runs import load_run
 
-        run = load_run(args.model)
+        run = load_run(args.model, require_class_names=False)
         return run.model, run.class_names
     from keras_vggres.registry import get_model
 

@@ -27,7 +27,7 @@ class Run:
     """A loaded classifier with its class names and weights record (`WeightsInfo`)."""
 
     model: object
-    class_names: tuple
+    class_names: tuple | None
     info: object
     path: str
 
@@ -42,6 +42,9 @@ class Run:
             verbose: progress bar: "auto" (terminal or notebook), 0, 1 or 2.
         """
         check_int("top", top, low=1)
+        if not self.class_names:
+            raise ValueError(f"{self.path!r} carries no class names to predict with; use "
+                             "`run.model.predict` for the raw outputs.")
         probabilities = self.predict_proba(images, batch_size=batch_size, verbose=verbose)
         return [self.decode(row, top) for row in probabilities]
 
@@ -68,9 +71,14 @@ class Run:
         return [(self.class_names[i], float(probabilities[i])) for i in order]
 
 
-def load_run(path):
+def load_run(path, *, require_class_names=True):
     """Load a fine-tuned model with its class names: a `finetune` run folder or a `.keras`
     file written by keras_vggres (`finetune`, `keras_vggres.export`, `saving.save_model`).
+
+    Args:
+        require_class_names: when False, a model that carries no class names (a builder's or
+            an unnamed `classifier()` saved by keras_vggres) loads with `class_names=None`,
+            for uses that need no names (export, Grad-CAM); `.predict` then refuses.
 
     Returns:
         A `Run`: `.model`, `.class_names`, `.info` and `.predict(images, top=k)`.
@@ -91,17 +99,18 @@ def load_run(path):
     model = load_model(model_file)
     info = read_info(model_file)
     names = names or (info.class_names if info is not None else None)
-    if not names:
-        raise ValueError(f"{model_file!r} carries no class names (it was not written by "
-                         "keras_vggres' finetune or export); load it with "
+    if not names and require_class_names:
+        raise ValueError(f"{model_file!r} carries no class names (finetune writes them; "
+                         "export and save_model only when given class_names); load it with "
                          "keras.models.load_model and map the outputs yourself.")
     outputs = int(model.outputs[0].shape[-1])
-    if len(names) != outputs:
+    if names and len(names) != outputs:
         raise ValueError(f"{path!r}: {len(names)} class names for a model with {outputs} "
                          "outputs.")
     from keras_vggres.weights.info import weights_info
 
-    return Run(model=model, class_names=tuple(names), info=weights_info(model), path=path)
+    return Run(model=model, class_names=tuple(names) if names else None,
+               info=weights_info(model), path=path)
 
 
 def _run_class_names(run_file):
