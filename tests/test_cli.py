@@ -115,3 +115,26 @@ def test_classify_optimized_and_under_a_strategy_gives_the_same_answers(capsys):
     with pytest.raises(SystemExit):
         cli.main(base[:-1] + ["0"])
     assert "--batch-size: must be an integer >= 1; received '0'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, option, kind", [
+    (["extract", "x.png", "--out", "{dir}"], "--out", "must be a file path, but"),
+    (["predict", "run", "x.png", "--out", "{dir}"], "--out", "must be a file path, but"),
+    (["compare", "vgg11", "--no-measure", "--plot", "{dir}"], "--plot", "must be a file path"),
+    (["convert", "x.pth", "--model", "resnet18", "--out", "{dir}"], "--out", "must be a file"),
+    (["finetune", "data", "--out", "{file}"], "--out", "must be a folder, but"),
+    (["gradcam", "x.png", "--model", "resnet18", "--out", "{file}"], "--out", "must be a folder"),
+])
+def test_output_of_the_wrong_kind_is_refused_before_any_work(tmp_path, capsys, argv, option,
+                                                             kind):
+    """An output path where a folder (or a file) already is fails at parsing, in one line,
+    not after the work with an errno naming a temporary file."""
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "afile").write_text("keep")
+    argv = [a.format(dir=tmp_path / "adir", file=tmp_path / "afile") for a in argv]
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and f"argument {option}: {kind}" in err and ".tmp" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir", "afile"]
+    assert (tmp_path / "afile").read_text() == "keep" and not any((tmp_path / "adir").iterdir())

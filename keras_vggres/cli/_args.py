@@ -28,6 +28,24 @@ def finite_float(text):
     return value
 
 
+def output_file(text):
+    """argparse type: where a file will be written; refused up front if a folder is there."""
+    import os
+
+    if os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"must be a file path, but {text!r} is a folder")
+    return text
+
+
+def output_folder(text):
+    """argparse type: a folder to write into; refused up front if a file is there."""
+    import os
+
+    if os.path.lexists(text) and not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"must be a folder, but {text!r} is a file")
+    return text
+
+
 def weights_arg(text):
     """`--weights`: a tag, a weights file path, or 'none' (random)."""
     return None if text.lower() == "none" else text

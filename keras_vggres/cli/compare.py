@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from keras_vggres.cli._args import non_negative_int, positive_int
+from keras_vggres.cli._args import non_negative_int, output_file, positive_int
 
 
 def _has_matplotlib():
@@ -51,6 +51,6 @@ def add_parsers(sub):
     p.add_argument("--warmup", type=non_negative_int, default=2, help="untimed runs before them")
     p.add_argument("--no-measure", action="store_true", help="skip the timings")
     p.add_argument("--format", choices=FORMATS, default="table")
-    p.add_argument("--plot", default=None, metavar="OUT.png",
+    p.add_argument("--plot", type=output_file, default=None, metavar="OUT.png",
                    help="also draw published top-1 vs GMACs (needs matplotlib)")
     p.set_defaults(func=cmd_compare)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-from keras_vggres.cli._args import (finite_float, optional_int, optional_number, positive_int,
-                                    weights_arg)
+from keras_vggres.cli._args import (finite_float, optional_int, optional_number, output_file,
+                                    output_folder, positive_int, weights_arg)
 
 
 def cmd_finetune(args):
@@ -60,7 +60,8 @@ def add_parsers(sub):
     p.add_argument("--epochs-head", type=int, default=None)
     p.add_argument("--epochs-finetune", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=32, help="per replica")
-    p.add_argument("--out", default=None, help="run folder (the same one resumes a run)")
+    p.add_argument("--out", type=output_folder, default=None,
+                   help="run folder (the same one resumes a run)")
     p.add_argument("--restart", action="store_true",
                    help="start the run in --out over (after the settings or data changed)")
     p.add_argument("--unfreeze", default=None, help="first stage to fine-tune, or 'all'")
@@ -101,7 +102,7 @@ def add_parsers(sub):
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--pooling", choices=("avg", "max"), default="avg")
     p.add_argument("--batch-size", type=positive_int, default=16)
-    p.add_argument("--out", default="feats.npz")
+    p.add_argument("--out", type=output_file, default="feats.npz")
     p.add_argument("--strategy", choices=STRATEGY_KINDS, default=None)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_extract)

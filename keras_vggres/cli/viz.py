@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from keras_vggres.cli._args import finite_float, positive_int, weights_arg
+from keras_vggres.cli._args import finite_float, output_folder, positive_int, weights_arg
 
 
 def cmd_gradcam(args):
@@ -97,6 +97,7 @@ def add_parsers(sub):
     p.add_argument("--alpha", type=finite_float, default=0.4, help="heatmap opacity in [0, 1]")
     p.add_argument("--colormap", default="jet", help="a matplotlib colormap name")
     p.add_argument("--batch-size", type=positive_int, default=16)
-    p.add_argument("--out", required=True, metavar="DIR", help="folder for the PNGs")
+    p.add_argument("--out", type=output_folder, required=True, metavar="DIR",
+                   help="folder for the PNGs")
     p.set_defaults(func=cmd_gradcam)
 

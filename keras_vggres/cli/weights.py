@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from keras_vggres.cli._args import output_file
+
 
 def cmd_models(args):
     from keras_vggres.registry import list_models
@@ -115,6 +117,6 @@ def add_parsers(sub):
     p = sub.add_parser("convert", help="convert a torchvision .pth to a Keras HDF5 weight file")
     p.add_argument("file")
     p.add_argument("--model", required=True)
-    p.add_argument("--out")
+    p.add_argument("--out", type=output_file)
     p.add_argument("--no-top", action="store_true")
     p.set_defaults(func=cmd_convert)
