@@ -92,11 +92,14 @@ def test_saved_model_matches_keras_model_on_raw_images(toy, run):
     assert expected.shape == (len(paths), CLASSES)
 
 
-def test_completed_run_is_not_retrained(toy, run):
+def test_completed_run_is_not_retrained(toy, run, capsys):
+    kwargs = dict(FAST, verbose=1)
+    capsys.readouterr()
     again = finetune(toy.root, epochs_head=8, epochs_finetune=2, early_stopping_patience=None,
-                     out_dir=run.out_dir, **FAST)
+                     out_dir=run.out_dir, **kwargs)
     assert again.resumed and again.history == {}
     assert again.val_accuracy == run.val_accuracy
+    assert str(again) in capsys.readouterr().out  # the same command says what it found
 
 
 def test_changed_settings_do_not_resume(tmp_path):

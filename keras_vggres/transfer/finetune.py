@@ -143,16 +143,17 @@ def finetune(data_dir, model="resnet50", weights="imagenet", image_size=224, bat
         if restart or not os.path.exists(os.path.join(folder, STATE_FILE)):
             _scan_and_build(ctx)  # a new run: data and weights checked before anything is written
         with RunState(folder, settings, files=files, restart=restart) as run:
-            if run.complete:
+            if run.complete:  # the same command again: the finished run's result, as it was
                 summary = exports.reporting.read_json(run.file(SUMMARY))
-                return exports.result(run, summary, history={})
-            ctx.run, ctx.settings = run, run.settings
-            _prepare(ctx)
-            run.begin_attempt()
-            _head_phase(ctx)
-            _finetune_phase(ctx)
-            result = exports.finish(run, ctx.data, ctx.model, ctx.settings,
-                                    monitor=ctx.monitor, timings=ctx.timings, info=ctx.info)
+                result = exports.result(run, summary, history={})
+            else:
+                ctx.run, ctx.settings = run, run.settings
+                _prepare(ctx)
+                run.begin_attempt()
+                _head_phase(ctx)
+                _finetune_phase(ctx)
+                result = exports.finish(run, ctx.data, ctx.model, ctx.settings,
+                                        monitor=ctx.monitor, timings=ctx.timings, info=ctx.info)
     if verbose:
         print(result)
     return result
