@@ -300,6 +300,41 @@ def test_load_run_predicts_with_the_runs_class_names(toy, run):
     assert from_file.class_names == run.class_names
 
 
+def test_predict_skips_and_names_unreadable_files(toy, run, tmp_path, capsys):
+    """A folder as finetune saw it, broken files included: they are named, the rest predicted."""
+    import shutil
+
+    folder = tmp_path / "mixed"
+    shutil.copytree(os.path.join(toy.root, run.class_names[0]), folder)
+    good = sorted(str(p) for p in folder.iterdir())
+    (folder / "truncated.jpg").write_bytes(Path(good[0]).read_bytes()[:200])
+    (folder / "empty.png").write_bytes(b"")
+    loaded = load_run(run.out_dir)
+    with pytest.raises(ValueError, match="empty.png' is not an image file Pillow can read"):
+        loaded.predict_proba(folder)
+    paths, probabilities, skipped = loaded.predict_files(folder, batch_size=4)
+    assert paths == good and [os.path.basename(p) for p, _ in skipped] == ["empty.png",
+                                                                          "truncated.jpg"]
+    np.testing.assert_allclose(probabilities, loaded.predict_proba(good), rtol=1e-5, atol=1e-7)
+    capsys.readouterr()
+    assert cli.main(["predict", run.out_dir, str(folder), "--format", "csv"]) == 0
+    out, err = capsys.readouterr()
+    assert len(out.strip().splitlines()) == len(good) + 1
+    assert err.count("skipped ") == 2 and "truncated.jpg: Could not read image" in err
+    only_bad = tmp_path / "bad"
+    only_bad.mkdir()
+    shutil.copy(folder / "empty.png", only_bad)
+    assert cli.main(["predict", run.out_dir, str(only_bad)]) == 2
+    assert "None of the 1 images could be read" in capsys.readouterr().err
+
+
+def test_a_run_file_takes_the_runs_class_names(run):
+    """best.keras (a checkpoint, no record inside) is read with the run's run.json names."""
+    best = os.path.join(run.out_dir, "best.keras")
+    assert os.path.isfile(best)
+    assert load_run(best).class_names == run.class_names
+
+
 def test_predict_cli_equals_python(toy, run, tmp_path, capsys):
     folder = os.path.join(toy.root, run.class_names[0])
     out = tmp_path / "pred.json"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from keras_vggres.cli._args import positive_int, weights_arg
+from keras_vggres.cli._args import output_file, positive_int, weights_arg
 
 
 def cmd_classify(args):
@@ -39,10 +39,11 @@ def cmd_predict(args):
     from keras_vggres.transfer.runs import image_paths, load_run
 
     run = load_run(args.run)
-    paths = image_paths(args.images)
-    probabilities = run.predict_proba(paths, batch_size=args.batch_size,
-                                      verbose=0 if args.quiet or args.out is None and
-                                      args.format != "table" else "auto")
+    paths, probabilities, skipped = run.predict_files(
+        image_paths(args.images), batch_size=args.batch_size,
+        verbose=0 if args.quiet or args.out is None and args.format != "table" else "auto")
+    for path, reason in skipped:  # unreadable files are reported, the rest predicted
+        print(f"skipped {path}: {reason}", file=sys.stderr)
     rows = [(path, run.decode(row, args.top)) for path, row in zip(paths, probabilities)]
     text = _format_predictions(rows, args.format)
     if args.out:
@@ -94,12 +95,14 @@ def add_parsers(sub):
                    help="build and predict under a tf.distribute strategy (default: none)")
     p.set_defaults(func=cmd_classify)
 
-    p = sub.add_parser("predict", help="classify images with a fine-tuned run's class names")
+    p = sub.add_parser("predict", help="classify images with a fine-tuned run's class names "
+                                       "(unreadable files are skipped and named on stderr)")
     p.add_argument("run", metavar="RUN_DIR|MODEL.keras")
     p.add_argument("images", nargs="+", metavar="IMAGE|FOLDER")
     p.add_argument("--top", type=positive_int, default=1)
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
-    p.add_argument("--out", default=None, help="write the predictions to this file")
+    p.add_argument("--out", type=output_file, default=None,
+                   help="write the predictions to this file")
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_predict)

@@ -49,21 +49,54 @@ class Run:
         return [self.decode(row, top) for row in probabilities]
 
     def predict_proba(self, images, *, batch_size=32, verbose="auto"):
-        """Class probabilities (N, classes), rows in the order of `image_paths(images)`."""
+        """Class probabilities (N, classes), rows in the order of `image_paths(images)`;
+        an unreadable image is an error (see `predict_files` to skip and report those)."""
         check_int("batch_size", batch_size, low=1)
         if isinstance(images, np.ndarray):
             return np.asarray(self.model.predict(images.astype(np.float32, copy=False),
                                                  batch_size=batch_size, verbose=0))
-        from keras_vggres.images import load_images
+        return self._predict_paths(image_paths(images), batch_size, verbose, skip=False)[1]
 
-        paths = image_paths(images)
-        rows = []
+    def predict_files(self, images, *, batch_size=32, verbose="auto"):
+        """`(paths, probabilities, skipped)` for image files and folders: files that cannot be
+        decoded (truncated, not an image, too large) are left out and listed in `skipped` as
+        `(path, reason)`, as `finetune`'s scan skips them in a training folder."""
+        check_int("batch_size", batch_size, low=1)
+        return self._predict_paths(image_paths(images), batch_size, verbose, skip=True)
+
+    def _predict_paths(self, paths, batch_size, verbose, *, skip):
+        kept, rows, skipped = [], [], []
         with Progress("Predicting", len(paths), verbose=verbose, unit="images") as bar:
             for start in range(0, len(paths), batch_size):
-                batch = load_images(paths[start:start + batch_size], model=self.model)
-                rows.append(np.asarray(self.model.predict_on_batch(batch)))
-                bar.update(min(start + batch_size, len(paths)))
-        return np.concatenate(rows)
+                chunk = paths[start:start + batch_size]
+                batch, readable, bad = self._load(chunk, skip)
+                skipped += bad
+                if readable:
+                    kept += readable
+                    rows.append(np.asarray(self.model.predict_on_batch(batch)))
+                bar.update(start + len(chunk))
+        if not rows:
+            raise ValueError(f"None of the {len(paths)} images could be read (first: "
+                             f"{skipped[0][0]!r}: {skipped[0][1]}).")
+        return kept, np.concatenate(rows), skipped
+
+    def _load(self, paths, skip):
+        """(batch, readable paths, [(path, reason)]): one by one only once a batch fails."""
+        from keras_vggres.images import load_images
+
+        try:
+            return load_images(paths, model=self.model), list(paths), []
+        except ValueError:
+            if not skip:
+                raise
+        arrays, readable, bad = [], [], []
+        for path in paths:
+            try:
+                arrays.append(load_images([path], model=self.model))
+                readable.append(path)
+            except ValueError as err:
+                bad.append((path, str(err)))
+        return (np.concatenate(arrays) if arrays else None), readable, bad
 
     def decode(self, probabilities, top=5):
         """`[(class name, probability), ...]` for one row of probabilities, best first."""
@@ -93,7 +126,10 @@ def load_run(path, *, require_class_names=True):
                                     f"{MODEL_FILE} (is the run still going, or did it fail?).")
         names = _run_class_names(run_file) if os.path.isfile(run_file) else None
     elif os.path.isfile(path):
-        model_file, names = path, None
+        # a file of a run folder (model.keras, best.keras) takes the run's names from run.json
+        run_file = os.path.join(os.path.dirname(os.path.abspath(path)), RUN_FILE)
+        model_file = path
+        names = _run_class_names(run_file) if os.path.isfile(run_file) else None
     else:
         raise FileNotFoundError(f"No run folder or model file at {path!r}.")
     model = load_model(model_file)
