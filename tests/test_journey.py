@@ -210,6 +210,37 @@ def test_a_file_that_does_not_fit_the_model_is_a_clear_error(weights_file, capsy
     assert err.count("\n") == 1 and "resnet18_mine.h5" in err and "vgg11" in err
 
 
+def test_a_runs_model_file_gives_its_backbone_to_a_builder(run, toy, tmp_path, capsys):
+    """`--weights run/model.keras`: the fine-tuned backbone nested in the run's classifier
+    loads into a no-top builder (extract, finetune again), and the whole classifier into a
+    builder with the run's class count; a model it cannot fit is one clear line."""
+    trained = keras.models.load_model(run.model_path).get_layer("resnet18")
+    backbone = keras_vggres.ResNet18(weights=run.model_path, include_top=False,
+                                     input_shape=(SIZE, SIZE, 3))
+    for mine, theirs in zip(backbone.weights, trained.weights):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(mine),
+                                      keras.ops.convert_to_numpy(theirs))
+    x = _pixels()
+    whole = keras_vggres.ResNet18(weights=run.model_path, input_shape=(SIZE, SIZE, 3),
+                                  classes=len(run.class_names), include_preprocessing=True)
+    np.testing.assert_allclose(whole.predict(x, verbose=0),
+                               keras_vggres.load_model(run.model_path).predict(x, verbose=0),
+                               rtol=1e-5, atol=1e-7)
+    out = tmp_path / "f.npz"
+    images = _sample_images()
+    assert cli.main(["extract", *images, "--model", "resnet18", "--weights", run.model_path,
+                     "--image-size", str(SIZE), "--out", str(out), "--quiet"]) == 0
+    api, *_ = extract_features(images, model="resnet18", weights=run.model_path,
+                               image_size=SIZE, out=None, verbose=0)
+    np.testing.assert_allclose(np.load(out)["features"], api, rtol=1e-5, atol=1e-6)
+    capsys.readouterr()
+    assert cli.main(["extract", *images, "--model", "vgg11", "--weights", run.model_path,
+                     "--image-size", str(SIZE), "--out", str(tmp_path / "g.npz")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Cannot load" in err and "'vgg11'" in err
+    assert not (tmp_path / "g.npz").exists()
+
+
 # ----------------------------------------------------------------------------- model knows its weights
 @pytest.fixture
 def custom_tag(tmp_path, monkeypatch):

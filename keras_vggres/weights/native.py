@@ -49,21 +49,52 @@ def load_native(model, path: str, *, skip_mismatch: bool = False,
     check_native_file(model, path, allow_nonfinite=allow_nonfinite)
     variables = model_variables(model)
     saved = [np.array(keras.ops.convert_to_numpy(v)) for v in variables]
+    nested = path.endswith(".keras") and not skip_mismatch
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            model.load_weights(path, skip_mismatch=skip_mismatch)
-        skipped = _replay_warnings(caught, keep_skipped=skip_mismatch)
-        if skipped and not skip_mismatch:
-            raise ValueError(f"{path!r} does not hold every variable of model {model.name!r}: "
-                             f"Keras left layers freshly initialised ({skipped[0]}). Pass "
-                             "skip_mismatch=True to accept a partial load.")
+        try:
+            _keras_load(model, path, skip_mismatch)
+        except ValueError as err:
+            if not nested:
+                raise
+            _restore(variables, saved)
+            _load_nested(model, path, err)
     except BaseException as err:
-        for variable, value in zip(variables, saved):
-            assign_value(variable, value)
+        _restore(variables, saved)
         err.add_note(f"Loading {path!r} failed; all {len(variables)} variables of model "
                      f"{model.name!r} were restored: nothing was loaded.")
         raise
+
+
+def _keras_load(model, path, skip_mismatch):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.load_weights(path, skip_mismatch=skip_mismatch)
+    skipped = _replay_warnings(caught, keep_skipped=skip_mismatch)
+    if skipped and not skip_mismatch:
+        raise ValueError(f"{path!r} does not hold every variable of model {model.name!r}: "
+                         f"Keras left layers freshly initialised ({skipped[0]}). Pass "
+                         "skip_mismatch=True to accept a partial load.")
+
+
+def _load_nested(model, path, keras_error):
+    """A `.keras` file whose structure differs: its sub-model that matches `model`, if one."""
+    from keras_vggres.weights.nested import matching_submodel
+
+    donor, source = matching_submodel(path, model)
+    if donor is None:
+        raise ValueError(
+            f"Cannot load {path!r} into model {model.name!r} ({len(model.weights)} variables): "
+            f"the file holds model {source.name!r} ({len(source.weights)} variables), and "
+            f"neither it nor any model nested in it has {model.name!r}'s variable shapes. "
+            f"Build the model the file was saved from, or load it with "
+            f"keras_vggres.load_model. (Keras: {str(keras_error).splitlines()[0]})") from None
+    for variable, value in zip(model.weights, donor.weights):
+        assign_value(variable, np.asarray(keras.ops.convert_to_numpy(value)))
+
+
+def _restore(variables, saved):
+    for variable, value in zip(variables, saved):
+        assign_value(variable, value)
 
 
 def _replay_warnings(caught, *, keep_skipped: bool) -> list[str]:
