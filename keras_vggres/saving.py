@@ -75,6 +75,9 @@ def export_saved_model(model, path, *, class_names=None, record=None):
     -> probabilities) and, with `class_names`, `classify` (images -> probabilities, the top
     class index and its name as a string, and every class name). A `record` (a JSON-ready
     dict) is written to `assets.extra/keras_vggres.json`, readable without TensorFlow."""
+    from keras_vggres.exporting.api import check_savedmodel_target
+
+    check_savedmodel_target(os.fspath(path), "export_saved_model()")
     tf = require_tensorflow("export_saved_model() (a TensorFlow SavedModel)",
                             instead="On this backend, save a .keras file with "
                                     "keras_vggres.save_model and export it from TensorFlow.")

@@ -329,6 +329,10 @@ def test_savedmodel_never_replaces_a_folder_that_is_not_one(tiny, tmp_path, monk
     with pytest.raises(ValueError, match=r"format='savedmodel' replaces the folder at path=.*"
                                          r"neither empty nor a SavedModel.*'saved_model.pb'"):
         keras_vggres.export(tiny, path, "savedmodel")
+    from keras_vggres.saving import export_saved_model
+
+    with pytest.raises(ValueError, match=r"export_saved_model\(\) replaces the folder"):
+        export_saved_model(tiny, path)  # the writer the run folder uses checks it too
     assert sorted(p.name for p in target.iterdir()) == before
     assert (target / "notes.txt").read_text() == "precious"
     assert [p.name for p in tmp_path.iterdir()] == ["out"]

@@ -124,15 +124,18 @@ def _check_path(format, path):
         raise ValueError(f"format={format!r} writes a file, but path={path!r} is a folder.")
     if not suffix and os.path.isfile(path):
         raise ValueError(f"format={format!r} writes a folder, but path={path!r} is a file.")
-    if not suffix and os.path.isdir(path) and os.listdir(path) and not _is_savedmodel(path):
-        raise ValueError(f"format={format!r} replaces the folder at path={path!r}, which is "
-                         f"neither empty nor a SavedModel (no {SAVEDMODEL_MARK!r}); pass a new "
-                         "folder name, an empty folder or an earlier SavedModel export.")
+    if not suffix:
+        check_savedmodel_target(path, f"format={format!r}")
     return path
 
 
-def _is_savedmodel(folder):
-    return os.path.isfile(os.path.join(folder, SAVEDMODEL_MARK))
+def check_savedmodel_target(path, writer="a SavedModel export"):
+    """Only an empty folder or an earlier SavedModel may be replaced by a SavedModel export."""
+    if (os.path.isdir(path) and os.listdir(path)
+            and not os.path.isfile(os.path.join(path, SAVEDMODEL_MARK))):
+        raise ValueError(f"{writer} replaces the folder at path={path!r}, which is neither "
+                         f"empty nor a SavedModel (no {SAVEDMODEL_MARK!r}); pass a new folder "
+                         "name, an empty folder or an earlier SavedModel export.")
 
 
 def _require_packages(format):
