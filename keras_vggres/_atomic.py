@@ -36,7 +36,7 @@ def replacing(path, *, suffix="", fsync=False):
     it (Keras: `.keras`, `.weights.h5`; NumPy: `.npz`). With `fsync=True` the file's bytes
     and the rename are flushed to disk before returning. A missing parent folder is created.
     """
-    path = os.fspath(path)
+    path = os.path.normpath(os.fspath(path))  # "sm/" would put the temporary inside "sm"
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = temp_sibling(path, suffix)
     try:

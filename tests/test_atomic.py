@@ -81,6 +81,16 @@ def test_a_failed_swap_puts_the_old_folder_back(tmp_path, monkeypatch):
     assert _siblings(tmp_path) == ["saved_model"]
 
 
+def test_a_trailing_slash_names_the_same_folder(tmp_path):
+    target = tmp_path / "saved_model"
+    for content in ("first", "second"):  # new, then replacing the earlier one
+        with replacing(str(target) + "/") as tmp:
+            os.makedirs(tmp)
+            (tmp_path / os.path.basename(tmp) / "saved_model.pb").write_text(content)
+        assert (target / "saved_model.pb").read_text() == content
+        assert _siblings(tmp_path) == ["saved_model"]
+
+
 @pytest.mark.parametrize("name, suffix", [("best.weights.h5", ".weights.h5"),
                                           ("model.keras", ".keras"), ("plain", "")])
 def test_suffix_is_kept_at_the_end_of_the_temporary_name(tmp_path, name, suffix):

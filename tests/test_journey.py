@@ -8,6 +8,7 @@ the CLI and the Python API are called on the same inputs and compared.
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -241,6 +242,33 @@ def test_a_runs_model_file_gives_its_backbone_to_a_builder(run, toy, tmp_path, c
     assert not (tmp_path / "g.npz").exists()
 
 
+def test_a_wrapper_adding_no_variables_is_not_an_ambiguous_match(tmp_path):
+    """Sequential([backbone, pooling]) holds the backbone's very variables: one match, not two."""
+    backbone = keras_vggres.VGG11(weights=None, include_top=False, input_shape=(SIZE, SIZE, 3))
+    randomize_weights(backbone, seed=5)
+    path = str(tmp_path / "wrapped.keras")
+    keras.Sequential([backbone, keras.layers.GlobalAveragePooling2D()], name="features").save(path)
+    loaded = keras_vggres.VGG11(weights=path, include_top=False, input_shape=(SIZE, SIZE, 3))
+    for mine, theirs in zip(loaded.weights, backbone.weights):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(mine),
+                                      keras.ops.convert_to_numpy(theirs))
+
+
+def test_when_the_fallback_cannot_read_the_file_keras_own_error_is_raised(tmp_path, monkeypatch):
+    from keras_vggres.weights import nested
+
+    path = str(tmp_path / "vgg.keras")
+    keras_vggres.VGG11(weights=None, include_top=False, input_shape=(SIZE, SIZE, 3)).save(path)
+
+    def unreadable(*args):
+        raise TypeError("could not be deserialized")
+
+    monkeypatch.setattr(nested, "matching_submodel", unreadable)
+    with pytest.raises(ValueError, match="could not be loaded") as err:
+        keras_vggres.ResNet18(weights=path, include_top=False, input_shape=(SIZE, SIZE, 3))
+    assert isinstance(err.value.__cause__, TypeError)
+
+
 # ----------------------------------------------------------------------------- model knows its weights
 @pytest.fixture
 def custom_tag(tmp_path, monkeypatch):
@@ -333,25 +361,24 @@ def test_load_run_predicts_with_the_runs_class_names(toy, run):
 
 def test_predict_skips_and_names_unreadable_files(toy, run, tmp_path, capsys):
     """A folder as finetune saw it, broken files included: they are named, the rest predicted."""
-    import shutil
-
     folder = tmp_path / "mixed"
     shutil.copytree(os.path.join(toy.root, run.class_names[0]), folder)
     good = sorted(str(p) for p in folder.iterdir())
     (folder / "truncated.jpg").write_bytes(Path(good[0]).read_bytes()[:200])
     (folder / "empty.png").write_bytes(b"")
+    os.symlink(tmp_path / "gone.png", folder / "zdangling.png")
     loaded = load_run(run.out_dir)
     with pytest.raises(ValueError, match="empty.png' is not an image file Pillow can read"):
         loaded.predict_proba(folder)
     paths, probabilities, skipped = loaded.predict_files(folder, batch_size=4)
-    assert paths == good and [os.path.basename(p) for p, _ in skipped] == ["empty.png",
-                                                                          "truncated.jpg"]
+    assert paths == good and [os.path.basename(p) for p, _ in skipped] == [
+        "empty.png", "truncated.jpg", "zdangling.png"]
     np.testing.assert_allclose(probabilities, loaded.predict_proba(good), rtol=1e-5, atol=1e-7)
     capsys.readouterr()
     assert cli.main(["predict", run.out_dir, str(folder), "--format", "csv"]) == 0
     out, err = capsys.readouterr()
     assert len(out.strip().splitlines()) == len(good) + 1
-    assert err.count("skipped ") == 2 and "truncated.jpg: Could not read image" in err
+    assert err.count("skipped ") == 3 and "truncated.jpg: " in err and "zdangling.png: " in err
     only_bad = tmp_path / "bad"
     only_bad.mkdir()
     shutil.copy(folder / "empty.png", only_bad)
@@ -359,11 +386,29 @@ def test_predict_skips_and_names_unreadable_files(toy, run, tmp_path, capsys):
     assert "None of the 1 images could be read" in capsys.readouterr().err
 
 
-def test_a_run_file_takes_the_runs_class_names(run):
-    """best.keras (a checkpoint, no record inside) is read with the run's run.json names."""
+def test_a_run_file_takes_the_runs_class_names(run, tmp_path):
+    """best.keras (a checkpoint, no record inside) is read with the run's run.json names, also
+    through a symlink; a file's own names win over a run.json beside it, and a run.json that is
+    not a run's is ignored."""
     best = os.path.join(run.out_dir, "best.keras")
     assert os.path.isfile(best)
     assert load_run(best).class_names == run.class_names
+    os.symlink(best, tmp_path / "linked.keras")
+    assert load_run(tmp_path / "linked.keras").class_names == run.class_names
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    own = ["x", "y", "z"]
+    keras_vggres.export(load_run(run.out_dir).model, mine / "m.keras", "keras", class_names=own)
+    (mine / "run.json").write_text(json.dumps({"class_names": ["a", "b", "c"]}))
+    (mine / "state.json").write_text("{}")
+    assert load_run(mine / "m.keras").class_names == tuple(own)
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(best, other / "best.keras")
+    (other / "run.json").write_text(json.dumps({"tool": "something else"}))
+    with pytest.raises(ValueError, match="carries no class names"):
+        load_run(other / "best.keras")  # no state.json: not a run, so run.json is not read
 
 
 def test_predict_cli_equals_python(toy, run, tmp_path, capsys):

@@ -36,11 +36,11 @@ def cmd_classify(args):
 
 
 def cmd_predict(args):
-    from keras_vggres.transfer.runs import image_paths, load_run
+    from keras_vggres.transfer.runs import load_run
 
     run = load_run(args.run)
     paths, probabilities, skipped = run.predict_files(
-        image_paths(args.images), batch_size=args.batch_size,
+        args.images, batch_size=args.batch_size,
         verbose=0 if args.quiet or args.out is None and args.format != "table" else "auto")
     for path, reason in skipped:  # unreadable files are reported, the rest predicted
         print(f"skipped {path}: {reason}", file=sys.stderr)

@@ -115,7 +115,7 @@ def _check_quantize(format, quantize, calibration):
 def _check_path(format, path):
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"`path` must be a str or os.PathLike; received path={path!r}.")
-    path = os.fspath(path)
+    path = os.path.normpath(os.fspath(path))
     suffix = SUFFIXES[format]
     if suffix and not path.endswith(suffix):
         raise ValueError(f"format={format!r} writes a file whose name ends with {suffix!r}; "

@@ -17,7 +17,7 @@ import numpy as np
 from keras_vggres._checks import check_int
 from keras_vggres._progress import Progress
 from keras_vggres.transfer.hygiene import EXTENSION_FORMATS
-from keras_vggres.transfer.layout import MODEL_FILE, RUN_FILE
+from keras_vggres.transfer.layout import MODEL_FILE, RUN_FILE, STATE_FILE
 
 IMAGE_SUFFIXES = tuple(EXTENSION_FORMATS)
 
@@ -86,7 +86,7 @@ class Run:
 
         try:
             return load_images(paths, model=self.model), list(paths), []
-        except ValueError:
+        except (ValueError, OSError):  # not an image, truncated, too large, gone, dangling
             if not skip:
                 raise
         arrays, readable, bad = [], [], []
@@ -94,7 +94,7 @@ class Run:
             try:
                 arrays.append(load_images([path], model=self.model))
                 readable.append(path)
-            except ValueError as err:
+            except (ValueError, OSError) as err:
                 bad.append((path, str(err)))
         return (np.concatenate(arrays) if arrays else None), readable, bad
 
@@ -126,18 +126,16 @@ def load_run(path, *, require_class_names=True):
                                     f"{MODEL_FILE} (is the run still going, or did it fail?).")
         names = _run_class_names(run_file) if os.path.isfile(run_file) else None
     elif os.path.isfile(path):
-        # a file of a run folder (model.keras, best.keras) takes the run's names from run.json
-        run_file = os.path.join(os.path.dirname(os.path.abspath(path)), RUN_FILE)
-        model_file = path
-        names = _run_class_names(run_file) if os.path.isfile(run_file) else None
+        model_file, names = path, None
     else:
         raise FileNotFoundError(f"No run folder or model file at {path!r}.")
     model = load_model(model_file)
     info = read_info(model_file)
-    names = names or (info.class_names if info is not None else None)
+    names = names or (info.class_names if info is not None else None) or (
+        _names_of_its_run(model_file) if model_file == path else None)
     if not names and require_class_names:
-        raise ValueError(f"{model_file!r} carries no class names (finetune writes them; "
-                         "export and save_model only when given class_names); load it with "
+        raise ValueError(f"{model_file!r} carries no class names (finetune writes them, "
+                         "keras_vggres.export when given class_names); load it with "
                          "keras.models.load_model and map the outputs yourself.")
     outputs = int(model.outputs[0].shape[-1])
     if names and len(names) != outputs:
@@ -147,6 +145,18 @@ def load_run(path, *, require_class_names=True):
 
     return Run(model=model, class_names=tuple(names) if names else None,
                info=weights_info(model), path=path)
+
+
+def _names_of_its_run(model_file):
+    """A file of a run folder with no names inside (best.keras, a checkpoint) takes its run's,
+    if the folder is a run (its state file is there) and run.json reads; else None."""
+    folder = os.path.dirname(os.path.realpath(model_file))
+    if not os.path.isfile(os.path.join(folder, STATE_FILE)):
+        return None
+    try:
+        return _run_class_names(os.path.join(folder, RUN_FILE))
+    except ValueError:
+        return None
 
 
 def _run_class_names(run_file):

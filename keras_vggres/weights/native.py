@@ -45,16 +45,22 @@ KERAS_SKIPPED_CONTAINER = "Skipping nested container"
 
 def load_native(model, path: str, *, skip_mismatch: bool = False,
                 allow_nonfinite: bool = False) -> None:
-    """Check a native file against the refusal rules, then let Keras load it; restore on failure."""
+    """Check a native file against the refusal rules, then let Keras load it; restore on failure.
+
+    A strict load of a `.keras` file whose structure differs from `model` (Keras raises) falls
+    back to the one model nested in the file with `model`'s variable shapes (`nested.py`);
+    with ``skip_mismatch=True`` Keras does not raise, so there is no such fallback.
+    """
     check_native_file(model, path, allow_nonfinite=allow_nonfinite)
     variables = model_variables(model)
     saved = [np.array(keras.ops.convert_to_numpy(v)) for v in variables]
-    nested = path.endswith(".keras") and not skip_mismatch
     try:
         try:
             _keras_load(model, path, skip_mismatch)
+        except PartialLoadError:
+            raise
         except ValueError as err:
-            if not nested:
+            if skip_mismatch or not path.endswith(".keras"):
                 raise
             _restore(variables, saved)
             _load_nested(model, path, err)
@@ -65,22 +71,36 @@ def load_native(model, path: str, *, skip_mismatch: bool = False,
         raise
 
 
+class PartialLoadError(ValueError):
+    """Keras completed a load but left layers freshly initialised (it only warned)."""
+
+
 def _keras_load(model, path, skip_mismatch):
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        model.load_weights(path, skip_mismatch=skip_mismatch)
+    caught = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.load_weights(path, skip_mismatch=skip_mismatch)
+    except BaseException:
+        _replay_warnings(caught, keep_skipped=False)  # those layers are restored anyway
+        raise
     skipped = _replay_warnings(caught, keep_skipped=skip_mismatch)
     if skipped and not skip_mismatch:
-        raise ValueError(f"{path!r} does not hold every variable of model {model.name!r}: "
-                         f"Keras left layers freshly initialised ({skipped[0]}). Pass "
-                         "skip_mismatch=True to accept a partial load.")
+        raise PartialLoadError(
+            f"{path!r} does not hold every variable of model {model.name!r}: Keras left "
+            f"layers freshly initialised ({skipped[0]}). Pass skip_mismatch=True to accept a "
+            "partial load.")
 
 
 def _load_nested(model, path, keras_error):
-    """A `.keras` file whose structure differs: its sub-model that matches `model`, if one."""
+    """A `.keras` file whose structure differs: its sub-model that matches `model`, if one.
+    Anything that goes wrong on the way re-raises Keras' own error, with the reason chained."""
     from keras_vggres.weights.nested import matching_submodel
 
-    donor, source = matching_submodel(path, model)
+    try:
+        donor, source = matching_submodel(path, model)
+    except Exception as err:
+        raise keras_error from err
     if donor is None:
         raise ValueError(
             f"Cannot load {path!r} into model {model.name!r} ({len(model.weights)} variables): "

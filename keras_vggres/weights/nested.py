@@ -10,15 +10,32 @@ models.
 
 from __future__ import annotations
 
+import warnings
+
 import keras
 
 
 def matching_submodel(path, model):
     """`(donor, source)`: the sub-model of the model in `path` whose variables match `model`'s
-    shapes in order (None if none does), and that loaded source model."""
-    source = keras.saving.load_model(path, compile=False, safe_mode=True)
+    shapes in order (None if none does), and that loaded source model. Models that hold the
+    very same variables (a wrapper adding none, a model applied twice) count once."""
+    from keras_vggres.weights.native import KERAS_SKIPPED_CONTAINER
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        source = keras.saving.load_model(path, compile=False, safe_mode=True)
+    skipped = [str(w.message) for w in caught
+               if str(w.message).startswith(KERAS_SKIPPED_CONTAINER)]
+    if skipped:
+        raise ValueError(f"{path!r} does not hold every variable of its own model: "
+                         f"{skipped[0].split(':')[0]}.")
     want = _shapes(model)
-    found = [m for m in _models(source) if _shapes(m) == want]
+    found, seen = [], set()
+    for candidate in _models(source):  # outermost first: it is the one kept
+        ids = tuple(id(v) for v in candidate.weights)
+        if _shapes(candidate) == want and ids not in seen:
+            seen.add(ids)
+            found.append(candidate)
     if len(found) > 1:
         raise ValueError(f"{path!r} holds {len(found)} sub-models that each match model "
                          f"{model.name!r} ({[m.name for m in found]}); load the file with "

@@ -305,6 +305,29 @@ def test_native_file_missing_a_nested_container_is_a_partial_load_and_refused(tm
     assert not np.array_equal(snapshot(model)[2], before[2])  # the second Dense did load
 
 
+def test_keras_archive_missing_a_nested_container_is_refused_too(tmp_path):
+    """The same partial file inside a `.keras` archive: refused, not loaded by the nested-model
+    fallback (which would load the archive whole and meet the same silent skip)."""
+    original = str(tmp_path / "nested.keras")
+    _nested_model(1).save(original)
+    weights = tmp_path / "model.weights.h5"
+    with zipfile.ZipFile(original) as archive:
+        weights.write_bytes(archive.read("model.weights.h5"))
+        others = {n: archive.read(n) for n in archive.namelist() if n != "model.weights.h5"}
+    with h5py.File(weights, "a") as f:
+        del f["layers/nested_pair/blocks/container"]
+    path = str(tmp_path / "partial.keras")
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in others.items():
+            archive.writestr(name, data)
+        archive.write(weights, "model.weights.h5")
+    model = _nested_model(2)
+    before = snapshot(model)
+    with pytest.raises(ValueError, match="does not hold every variable"):
+        load_weights(model, path)
+    assert_unchanged(model, before)
+
+
 HOSTILE_NATIVE = {
     "nan": (_native_replace(data=_with(np.nan, "f4")), ["not finite", "nan"]),
     "float64_overflow": (_native_replace(data=_with(-1e39)), ["overflows float32"]),
