@@ -34,13 +34,12 @@ import keras
 import numpy as np
 
 from keras_vggres.weights import refusals
+from keras_vggres.weights._keras_warnings import replay_warnings
 from keras_vggres.weights.assign import assign_value
 from keras_vggres.weights.h5 import open_h5
 
 NATIVE_SUFFIXES = (".keras", ".weights.h5", ".weights.json")
 ARCHIVE_WEIGHTS = "model.weights.h5"  # where a `.keras` archive keeps its weights
-# How Keras' loader says it left layers freshly initialised without raising (Keras >= 3.14).
-KERAS_SKIPPED_CONTAINER = "Skipping nested container"
 
 
 def load_native(model, path: str, *, skip_mismatch: bool = False,
@@ -82,9 +81,9 @@ def _keras_load(model, path, skip_mismatch):
             warnings.simplefilter("always")
             model.load_weights(path, skip_mismatch=skip_mismatch)
     except BaseException:
-        _replay_warnings(caught, keep_skipped=False)  # those layers are restored anyway
+        replay_warnings(caught, keep_skipped=False)  # those layers are restored anyway
         raise
-    skipped = _replay_warnings(caught, keep_skipped=skip_mismatch)
+    skipped = replay_warnings(caught, keep_skipped=skip_mismatch)
     if skipped and not skip_mismatch:
         raise PartialLoadError(
             f"{path!r} does not hold every variable of model {model.name!r}: Keras left "
@@ -115,19 +114,6 @@ def _load_nested(model, path, keras_error):
 def _restore(variables, saved):
     for variable, value in zip(variables, saved):
         assign_value(variable, value)
-
-
-def _replay_warnings(caught, *, keep_skipped: bool) -> list[str]:
-    """Re-issue Keras' warnings from a load (skipped containers only if ``keep_skipped``);
-    return the skipped containers' one-line descriptions."""
-    skipped = []
-    for w in caught:
-        is_skip = str(w.message).startswith(KERAS_SKIPPED_CONTAINER)
-        if is_skip:
-            skipped.append(str(w.message).split(":")[0])
-        if keep_skipped or not is_skip:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    return skipped
 
 
 def model_variables(model) -> list:

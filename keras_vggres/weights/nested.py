@@ -14,21 +14,20 @@ import warnings
 
 import keras
 
+from keras_vggres.weights._keras_warnings import replay_warnings
+
 
 def matching_submodel(path, model):
     """`(donor, source)`: the sub-model of the model in `path` whose variables match `model`'s
     shapes in order (None if none does), and that loaded source model. Models that hold the
     very same variables (a wrapper adding none, a model applied twice) count once."""
-    from keras_vggres.weights.native import KERAS_SKIPPED_CONTAINER
-
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         source = keras.saving.load_model(path, compile=False, safe_mode=True)
-    skipped = [str(w.message) for w in caught
-               if str(w.message).startswith(KERAS_SKIPPED_CONTAINER)]
+    skipped = replay_warnings(caught, keep_skipped=False)
     if skipped:
         raise ValueError(f"{path!r} does not hold every variable of its own model: "
-                         f"{skipped[0].split(':')[0]}.")
+                         f"{skipped[0]}.")
     want = _shapes(model)
     found, seen = [], set()
     for candidate in _models(source):  # outermost first: it is the one kept
