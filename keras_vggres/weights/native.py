@@ -56,10 +56,8 @@ def load_native(model, path: str, *, skip_mismatch: bool = False,
     try:
         try:
             _keras_load(model, path, skip_mismatch)
-        except PartialLoadError:
-            raise
         except ValueError as err:
-            if skip_mismatch or not path.endswith(".keras"):
+            if isinstance(err, PartialLoadError) or skip_mismatch or not path.endswith(".keras"):
                 raise
             _restore(variables, saved)
             _load_nested(model, path, err)
